@@ -1,0 +1,89 @@
+"""JIT-building of the optional fused C++/CUDA extensions (one mechanism for every kernel).
+
+A fused kernel is an optimisation, never a requirement: when a build fails (no compiler, no ninja,
+no CUDA toolkit) the caller gets ``None`` and falls back to the reference implementation, and the
+user sees exactly one warning per extension naming the reason and how to silence it.
+
+Environment:
+    GMPI_FUSED=0        never build or use fused kernels (reference paths only)
+    GMPI_BUILD_VERBOSE=1  print the compiler output
+    TORCH_EXTENSIONS_DIR  where builds are cached (torch's own variable)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+_lock = threading.Lock()
+_cache: dict[str, ModuleType | None] = {}
+_errors: dict[str, str] = {}
+
+
+def fused_enabled() -> bool:
+    """False when the user disabled fused kernels with ``GMPI_FUSED=0``."""
+    return os.environ.get("GMPI_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def build_error(name: str) -> str | None:
+    """Why the extension ``name`` is unavailable (``None`` when it loaded or was never tried)."""
+    return _errors.get(name)
+
+
+def load_extension(
+    name: str,
+    sources: list[Path],
+    *,
+    cuda: bool = False,
+    extra_cflags: list[str] | None = None,
+    extra_cuda_cflags: list[str] | None = None,
+) -> ModuleType | None:
+    """Build (once, cached on disk by torch) and import a C++/CUDA extension, or return ``None``.
+
+    The module name gets a hash of the sources so that editing a kernel never loads a stale build.
+    """
+    if not fused_enabled():
+        return None
+    with _lock:
+        if name in _cache:
+            return _cache[name]
+        module: ModuleType | None = None
+        try:
+            if cuda and not torch.cuda.is_available():
+                raise RuntimeError("CUDA is not available")
+            from torch.utils import cpp_extension
+
+            digest = hashlib.sha256()
+            for src in sources:
+                digest.update(Path(src).read_bytes())
+            full_name = f"gmpi_{name}_{digest.hexdigest()[:10]}"
+            cflags = ["-O3", *(extra_cflags or [])]
+            if not cuda:
+                cflags += ["-fopenmp"]
+            module = cpp_extension.load(
+                name=full_name,
+                sources=[str(s) for s in sources],
+                extra_cflags=cflags,
+                extra_cuda_cflags=["-O3", "--use_fast_math", *(extra_cuda_cflags or [])] if cuda else None,
+                extra_ldflags=["-fopenmp"] if not cuda else None,
+                verbose=os.environ.get("GMPI_BUILD_VERBOSE") == "1",
+            )
+        except Exception as exc:  # any build/import failure means "use the reference path"
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            _errors[name] = reason
+            warnings.warn(
+                f"gmpi: fused '{name}' kernel unavailable ({reason}); using the reference PyTorch "
+                "implementation (same results, slower). Set GMPI_BUILD_VERBOSE=1 to see the compiler "
+                "output or GMPI_FUSED=0 to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            module = None
+        _cache[name] = module
+        return module

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Developer entry point: creates/updates the virtualenv on first use, then runs what you asked for.
+#   scripts/dev.sh demo [gmpi demo args]   render novel views from the tiny demo model (CPU)
+#   scripts/dev.sh test [pytest args]      the test suite (what CI runs)
+#   scripts/dev.sh lint                    ruff + mypy
+#   scripts/dev.sh env                     only create/update the virtualenv
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${GMPI_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+
+ensure_env() {
+  if [ ! -x "$VENV/bin/gmpi" ] || [ pyproject.toml -nt "$VENV/.gmpi-installed" ]; then
+    echo "[dev.sh] setting up $VENV (first run only)..." >&2
+    [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    # torch first, pinned: the local CPU wheel; nothing below may pull another torch or torchvision.
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]"
+    "$VENV/bin/python" -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was pulled in; expected 2.13.0')"
+    touch "$VENV/.gmpi-installed"
+  fi
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  demo) ensure_env; exec "$VENV/bin/gmpi" demo "$@" ;;
+  test) ensure_env; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  lint) ensure_env
+        "$VENV/bin/ruff" check gmpi_core tests scripts
+        "$VENV/bin/ruff" format --check gmpi_core tests scripts
+        "$VENV/bin/mypy" gmpi_core ;;
+  env)  ensure_env ;;
+  *) echo "usage: scripts/dev.sh demo|test|lint|env [args...]" >&2; exit 2 ;;
+esac
