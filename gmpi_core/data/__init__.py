@@ -1,0 +1,1 @@
+"""Dataset readers, writers and synthetic scenes (spec §7, §8)."""
