@@ -1,0 +1,307 @@
+"""Fused bias + activation + gain + clamp (spec §4.1, §11.5).
+
+    y = clamp(act(x + b, alpha) * gain, -clamp, clamp)
+
+``b`` is broadcast along dimension ``dim`` of ``x``. The reference path is plain PyTorch (any order of
+derivatives); on CUDA an optional fused kernel (``csrc/bias_act*.{cu,cpp}``) computes the forward and
+the first/second-order gradients, after a one-time self-check against the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gmpi_core.ops._build import load_extension
+
+__all__ = ["ACTIVATIONS", "ActivationSpec", "bias_act"]
+
+IMPLS = ("auto", "ref", "cuda")
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """One activation: its formula ``func(z, alpha)``, default ``alpha`` and ``gain``, and kernel code."""
+
+    name: str
+    func: Callable[[Tensor, float], Tensor]
+    default_alpha: float
+    default_gain: float
+    kernel_code: int  # must match the ``Act`` enum in csrc/bias_act.h
+    piecewise_linear: bool  # second derivative is zero almost everywhere
+
+
+def _swish(z: Tensor, alpha: float) -> Tensor:
+    return torch.sigmoid(z) * z
+
+
+_SQRT2 = math.sqrt(2.0)
+ACTIVATIONS: dict[str, ActivationSpec] = {
+    spec.name: spec
+    for spec in (
+        ActivationSpec("linear", lambda z, alpha: z, 0.0, 1.0, 0, True),
+        ActivationSpec("relu", lambda z, alpha: F.relu(z), 0.0, _SQRT2, 1, True),
+        ActivationSpec("lrelu", lambda z, alpha: F.leaky_relu(z, alpha), 0.2, _SQRT2, 2, True),
+        ActivationSpec("tanh", lambda z, alpha: torch.tanh(z), 0.0, 1.0, 3, False),
+        ActivationSpec("sigmoid", lambda z, alpha: torch.sigmoid(z), 0.0, 1.0, 4, False),
+        ActivationSpec("elu", lambda z, alpha: F.elu(z), 0.0, 1.0, 5, False),
+        ActivationSpec("selu", lambda z, alpha: F.selu(z), 0.0, 1.0, 6, False),
+        ActivationSpec("softplus", lambda z, alpha: F.softplus(z), 0.0, 1.0, 7, False),
+        ActivationSpec("swish", _swish, 0.0, _SQRT2, 8, False),
+    )
+}
+
+
+def bias_act(
+    x: Tensor,
+    b: Tensor | None = None,
+    dim: int = 1,
+    act: str = "linear",
+    alpha: float | None = None,
+    gain: float | None = None,
+    clamp: float | None = None,
+    impl: str = "auto",
+) -> Tensor:
+    """``clamp(act(x + b, alpha) * gain, -clamp, clamp)`` with ``b`` [x.shape[dim]] broadcast along ``dim``.
+
+    ``alpha``/``gain`` default to the activation's own (lrelu: 0.2 and √2); ``clamp=None`` disables
+    clamping. ``impl``: ``"auto"`` (fused CUDA kernel when ``x`` is on CUDA and the kernel passed its
+    self-check, else reference), ``"ref"`` (always plain PyTorch), ``"cuda"`` (fused kernel or error).
+    ``b`` is cast to ``x.dtype``; the result has ``x``'s shape and dtype.
+    """
+    spec = _activation(act)
+    alpha = spec.default_alpha if alpha is None else float(alpha)
+    gain = spec.default_gain if gain is None else float(gain)
+    if clamp is not None and clamp < 0:
+        raise ValueError(f"bias_act: clamp must be >= 0 or None (no clamping), got {clamp}")
+    if not -x.ndim <= dim < max(x.ndim, 1):
+        raise ValueError(f"bias_act: dim={dim} is out of range for a tensor of shape {tuple(x.shape)}")
+    dim = dim % x.ndim if x.ndim > 0 else 0
+    if b is not None:
+        if x.ndim == 0 or b.ndim != 1 or b.shape[0] != x.shape[dim]:
+            raise ValueError(
+                f"bias_act: bias must be 1-D with x.shape[{dim}] entries for x of shape "
+                f"{tuple(x.shape)}, got shape {tuple(b.shape)}"
+            )
+        b = b.to(x.dtype)
+    if _use_kernel(x, impl):
+        return _BiasActCuda.apply(x, b, _KernelArgs(dim, spec, alpha, gain, clamp))
+    return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)
+
+
+def _activation(act: str) -> ActivationSpec:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{act}'; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[act]
+
+
+def _bias_act_ref(
+    x: Tensor,
+    b: Tensor | None,
+    dim: int,
+    spec: ActivationSpec,
+    alpha: float,
+    gain: float,
+    clamp: float | None,
+) -> Tensor:
+    """Reference path: every op is native PyTorch, so derivatives of any order work."""
+    if b is not None:
+        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    y = spec.func(x, alpha)
+    if gain != 1:
+        y = y * gain
+    if clamp is not None:
+        y = y.clamp(-clamp, clamp)
+    return y
+
+
+# ------------------------------------------------------------------------------------------------
+# Fused CUDA kernel (optional). Forward: y; backward: dz = dy·gain·act'(z)·mask; double backward
+# uses act''(z). The mask is 1 where |gain·act(z)| <= clamp (torch.clamp's convention).
+
+_CSRC = Path(__file__).parent / "csrc"
+
+
+def _nvcc_major_version() -> int:
+    """Major version of the nvcc that torch's extension builder will use (torch's CUDA as a fallback)."""
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else (shutil.which("nvcc") or "nvcc")
+        text = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+        found = re.search(r"release (\d+)\.", text)
+        if found:
+            return int(found.group(1))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return int((torch.version.cuda or "12.0").split(".")[0])
+
+
+def _cuda_arch_flags() -> list[str]:
+    """``-gencode`` for V100..H100 (sm_70 is gone from CUDA 13) plus compute_90 PTX for newer GPUs."""
+    archs = [75, 80, 86, 89, 90] if _nvcc_major_version() >= 13 else [70, 75, 80, 86, 89, 90]
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    return [*flags, "-gencode=arch=compute_90,code=compute_90"]
+
+
+class _CheckedKernel:
+    """Builds a CUDA extension on first use, self-checks it once, and disables it (one warning) on failure."""
+
+    def __init__(self, name: str, sources: list[Path], self_check: Callable[[], str | None]) -> None:
+        self.name = name
+        self.sources = sources
+        self.self_check = self_check
+        self.module: ModuleType | None = None
+        self._state = "untried"  # untried -> checking -> ready | disabled
+        self._lock = threading.RLock()
+
+    def get(self) -> ModuleType | None:
+        with self._lock:
+            if self._state == "untried":
+                self._state = "checking"
+                self.module = load_extension(
+                    self.name, self.sources, cuda=True, extra_cuda_cflags=_cuda_arch_flags()
+                )
+                problem = "build failed" if self.module is None else self._run_self_check()
+                if problem is None:
+                    self._state = "ready"
+                else:
+                    self._state, self.module = "disabled", None
+                    if problem != "build failed":  # load_extension already warned about build failures
+                        warnings.warn(
+                            f"gmpi: fused CUDA '{self.name}' kernel failed its self-check ({problem}); "
+                            "using the reference PyTorch implementation from now on.",
+                            RuntimeWarning,
+                            stacklevel=4,
+                        )
+            return self.module
+
+    def _run_self_check(self) -> str | None:
+        try:  # independent of the caller's mode: no inference mode, grad on, no autocast
+            with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False):
+                return self.self_check()
+        except Exception as exc:  # a crashing kernel is a failed self-check
+            return f"{type(exc).__name__}: {exc}"
+
+
+def _self_check() -> str | None:
+    """Compare forward, gradient and second-order gradient with the reference on small random inputs."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for name in ACTIVATIONS:
+        for clamp in (None, 0.7):
+            x = (torch.randn(2, 5, 3, 4, generator=gen) * 2).cuda().requires_grad_(True)
+            b = torch.randn(5, generator=gen).cuda().requires_grad_(True)
+            outputs = []
+            for impl in ("cuda", "ref"):
+                y = bias_act(x, b, dim=1, act=name, clamp=clamp, impl=impl)
+                dx, db = torch.autograd.grad(y.square().sum(), [x, b], create_graph=True)
+                ddx, ddb = torch.autograd.grad(dx.square().sum() + db.sum(), [x, b])
+                outputs.append([y, dx, db, ddx, ddb])
+            for label, got, want in zip(["y", "dx", "db", "ddx", "ddb"], *outputs):
+                if not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
+                    err = (got - want).abs().max().item()
+                    return f"act={name}, clamp={clamp}: {label} differs from the reference by {err:.3g}"
+    return None
+
+
+_KERNEL = _CheckedKernel(
+    "bias_act", [_CSRC / "bias_act_binding.cpp", _CSRC / "bias_act_kernel.cu"], _self_check
+)
+
+
+def _use_kernel(x: Tensor, impl: str) -> bool:
+    if impl not in IMPLS:
+        raise ValueError(f"bias_act: unknown impl '{impl}'; choose one of {IMPLS}")
+    if impl == "ref" or (impl == "auto" and not x.is_cuda):
+        return False
+    available = x.is_cuda and _KERNEL.get() is not None
+    if impl == "cuda" and not available:
+        raise RuntimeError(
+            "bias_act: impl='cuda' needs a CUDA tensor and a working fused kernel "
+            f"(tensor device: {x.device}); use impl='auto' to fall back to the reference"
+        )
+    return available
+
+
+@dataclass(frozen=True)
+class _KernelArgs:
+    dim: int
+    spec: ActivationSpec
+    alpha: float
+    gain: float
+    clamp: float | None
+
+    def run(self, x: Tensor, b: Tensor | None, g: Tensor | None, mode: int) -> Tensor:
+        """mode 0: y; mode 1: g·gain·act'(z)·mask; mode 2: g·gain·act''(z)·mask (z = x + b)."""
+        module = _KERNEL.module
+        assert module is not None, "bias_act: fused kernel used before it was loaded"
+        empty = x.new_empty([0])
+        return module.bias_act(
+            x.contiguous(),
+            empty if b is None else b.contiguous(),
+            empty if g is None else g.contiguous(),
+            self.dim,
+            mode,
+            self.spec.kernel_code,
+            self.alpha,
+            self.gain,
+            -1.0 if self.clamp is None else self.clamp,
+        )
+
+    def reduce_to_bias(self, dz: Tensor) -> Tensor:
+        return dz.sum(dim=[i for i in range(dz.ndim) if i != self.dim])
+
+
+class _BiasActCuda(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, b: Tensor | None, args: _KernelArgs) -> Tensor:
+        ctx.args = args
+        ctx.has_bias = b is not None
+        ctx.save_for_backward(x, b)
+        return args.run(x, b, None, mode=0)
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, b = ctx.saved_tensors
+        args: _KernelArgs = ctx.args
+        dz = _BiasActCudaGrad.apply(dy, x, b, args)
+        dx = dz if ctx.needs_input_grad[0] else None
+        db = args.reduce_to_bias(dz) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        return dx, db, None
+
+
+class _BiasActCudaGrad(torch.autograd.Function):
+    """dz = dy·gain·act'(x + b)·mask, linear in dy; its backward uses act''. No third order."""
+
+    @staticmethod
+    def forward(ctx: Any, dy: Tensor, x: Tensor, b: Tensor | None, args: _KernelArgs) -> Tensor:
+        ctx.args = args
+        ctx.has_bias = b is not None
+        ctx.save_for_backward(dy, x, b)
+        return args.run(x, b, dy, mode=1)
+
+    @staticmethod
+    def backward(ctx: Any, h: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        dy, x, b = ctx.saved_tensors
+        args: _KernelArgs = ctx.args
+        d_dy = _BiasActCudaGrad.apply(h, x, b, args) if ctx.needs_input_grad[0] else None
+        d_x = d_b = None
+        if not args.spec.piecewise_linear and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            dzz = args.run(x, b, h * dy, mode=2)
+            d_x = dzz if ctx.needs_input_grad[1] else None
+            d_b = args.reduce_to_bias(dzz) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return d_dy, d_x, d_b, None
