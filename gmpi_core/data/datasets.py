@@ -310,6 +310,11 @@ def dataset_tool_name(index: int, ext: str = ".png") -> str:
     return f"{index // 1000:05d}/img{index:08d}{ext}"
 
 
+def _fixed_time(name: str) -> zipfile.ZipInfo:
+    """A member with a fixed timestamp, so the same images give a byte-identical zip."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
 def write_dataset_zip(
     out_zip: str | os.PathLike[str], images: Iterable[tuple[str, np.ndarray]], labels: Any = None
 ) -> Path:
@@ -339,8 +344,8 @@ def write_dataset_zip(
                 PIL.Image.fromarray(pixels).save(
                     buf, format=PIL.Image.registered_extensions()[member.suffix.lower()]
                 )
-                zf.writestr(name, buf.getvalue())
-            zf.writestr("dataset.json", json.dumps({"labels": labels}))
+                zf.writestr(_fixed_time(name), buf.getvalue())
+            zf.writestr(_fixed_time("dataset.json"), json.dumps({"labels": labels}))
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
