@@ -1,0 +1,184 @@
+"""The ``gmpi`` command line.
+
+    gmpi demo [--out outputs/demo]            novel views, depth and MPI planes from a tiny model (CPU)
+    gmpi presets [NAME]                       list presets / print one as JSON
+    gmpi render --model DIR|--preset NAME ... one view, a yaw sweep and the MPI planes of one seed
+    gmpi data synth --out DIR --res 64 --n 20000 --seed 0   the synthetic 3D-heads dataset
+    gmpi train --preset synthetic64 --data DIR --out RUN    training (torchrun for several processes)
+    gmpi bench render|generator|train_step [args...]        the benchmarks in scripts/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo_model"
+
+
+def _load_model(model: str | None, preset_name: str | None, seed: int):
+    from gmpi_core.pipeline import GMPI
+
+    if model:
+        return GMPI.from_pretrained(model), f"checkpoint {model}"
+    if preset_name:
+        return GMPI.random(preset_name, seed=seed), f"randomly initialised '{preset_name}' model (seed {seed})"
+    if (DEMO_CHECKPOINT / "config.json").exists():
+        return GMPI.from_pretrained(DEMO_CHECKPOINT), f"shipped demo checkpoint {DEMO_CHECKPOINT}"
+    return GMPI.random("synthetic64", seed=seed), "randomly initialised 'synthetic64' model (no demo checkpoint shipped yet)"
+
+
+def render_outputs(gmpi, out: Path, seed: int, n_planes: int, n_views: int, truncation_psi: float) -> list[Path]:
+    """Yaw sweep (PNG strip + MP4 + GIF), depth strip and MPI plane grids for one seed."""
+    from gmpi_core.render.io import depth_to_uint8, grid, save_png, save_video, to_uint8
+
+    cam = gmpi.config.camera
+    mpi = gmpi.generate(seeds=[seed], n_planes=n_planes, truncation_psi=truncation_psi)
+    lo, hi = cam.yaw_range
+    yaws = np.linspace(lo, hi, n_views)
+    frames, depths = [], []
+    for yaw in yaws:
+        image, depth = gmpi.render(mpi, yaw=float(yaw), pitch=0.0)
+        frames.append(to_uint8(image[0]))
+        depths.append(depth_to_uint8(depth[0], cam.d_near, cam.d_far))
+    rgb = mpi.rgba[0, :, :3]
+    alpha = mpi.rgba[0, :, 3:]
+    written = [
+        save_png(out / "views_yaw_sweep.png", grid(frames, ncols=n_views)),
+        save_png(out / "depth_yaw_sweep.png", grid(depths, ncols=n_views)),
+        save_png(out / "mpi_rgb.png", grid([to_uint8(p, (0, 1)) for p in rgb], ncols=8, pad=2)),
+        save_png(out / "mpi_alpha.png", grid([to_uint8(p, (0, 1)) for p in alpha], ncols=8, pad=2)),
+        save_video(out / "video_rgb_horizontal.mp4", frames + frames[::-1], fps=8),
+        save_video(out / "video_rgb_horizontal.gif", frames + frames[::-1], fps=8),
+        save_video(out / "video_depth_horizontal.mp4", depths + depths[::-1], fps=8),
+    ]
+    return written
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    gmpi, what = _load_model(None, None, args.seed)
+    print(f"[gmpi demo] model: {what}")
+    out = Path(args.out)
+    written = render_outputs(gmpi, out, args.seed, n_planes=args.planes, n_views=args.views, truncation_psi=1.0)
+    print(f"[gmpi demo] wrote {len(written)} files in {time.perf_counter() - t0:.1f} s:")
+    for p in written:
+        print(f"  {p}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    gmpi, what = _load_model(args.model, args.preset, args.init_seed)
+    print(f"[gmpi render] model: {what}")
+    written = render_outputs(
+        gmpi, Path(args.out), args.seed, n_planes=args.planes, n_views=args.views, truncation_psi=args.psi
+    )
+    for p in written:
+        print(f"  {p}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from gmpi_core.config import PRESETS, preset
+
+    if args.name:
+        print(preset(args.name).model_dump_json(indent=2))
+    else:
+        for name, cfg in PRESETS.items():
+            g = cfg.generator
+            print(f"{name:12s} {g.img_resolution:5d}²  fov {cfg.camera.fov_deg:5.2f}°  batch {cfg.train.batch_size}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench" / f"{args.name}.py"
+    if not script.exists():
+        print(f"gmpi bench: no benchmark '{args.name}' ({script} not found; run from a source checkout)", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from gmpi_core.data import synthetic
+
+    return int(synthetic.main(args.rest) or 0)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gmpi_core.train import cli as train_cli
+
+    return int(train_cli.main(args.rest) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gmpi", description="Generative Multiplane Images: train, evaluate, render.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="render novel views, depth and MPI planes from a tiny model on CPU")
+    d.add_argument("--out", default="outputs/demo")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--planes", type=int, default=32)
+    d.add_argument("--views", type=int, default=9)
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("render", help="render a yaw sweep, depth and MPI planes of one seed")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--model", help="native checkpoint directory")
+    src.add_argument("--preset", help="randomly initialised model of this preset")
+    r.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation (--preset)")
+    r.add_argument("--seed", type=int, default=0, help="latent seed")
+    r.add_argument("--planes", type=int, default=96)
+    r.add_argument("--views", type=int, default=9)
+    r.add_argument("--psi", type=float, default=1.0)
+    r.add_argument("--out", default="outputs/render")
+    r.set_defaults(func=cmd_render)
+
+    pr = sub.add_parser("presets", help="list the presets or print one as JSON")
+    pr.add_argument("name", nargs="?")
+    pr.set_defaults(func=cmd_presets)
+
+    da = sub.add_parser("data", help="datasets: `gmpi data synth --help`")
+    da.add_argument("action", choices=["synth"])
+    da.add_argument("rest", nargs=argparse.REMAINDER)
+    da.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="train GMPI or a 2D StyleGAN2: `gmpi train --help`", add_help=False)
+    t.add_argument("rest", nargs=argparse.REMAINDER)
+    t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="run a benchmark from scripts/bench (render, generator)")
+    b.add_argument("name")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+# Subcommands that own their full argument parser (their --help and options pass through untouched).
+_PASSTHROUGH = {"train": cmd_train, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH and not (argv[0] == "data" and len(argv) < 2):
+        rest = argv[2:] if argv[0] == "data" else argv[1:]
+        if argv[0] == "data" and argv[1] != "synth":
+            print(f"gmpi data: unknown action '{argv[1]}'; choose one of: synth", file=sys.stderr)
+            return 2
+        return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=rest))
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"gmpi {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
