@@ -2,7 +2,7 @@
 
     gmpi demo [--out outputs/demo]            novel views, depth and MPI planes from a tiny model (CPU)
     gmpi presets [NAME]                       list presets / print one as JSON
-    gmpi render --model DIR|--preset NAME ... one view, a yaw sweep and the MPI planes of one seed
+    gmpi render --model DIR|--preset NAME ... images, sweep videos, meshes, browser exports of chosen seeds
     gmpi data synth --out DIR --res 64 --n 20000 --seed 0   the synthetic 3D-heads dataset
     gmpi train --preset synthetic64 --data DIR --out RUN    training (torchrun for several processes)
     gmpi bench render|generator|train_step [args...]        the benchmarks in scripts/bench
@@ -60,6 +60,24 @@ def render_outputs(gmpi, out: Path, seed: int, n_planes: int, n_views: int, trun
     return written
 
 
+def demo_training(gmpi, out: Path, seconds: float, seed: int) -> Path:
+    """A short GMPI training run from the demo model on freshly generated synthetic heads."""
+    from gmpi_core.data.synthetic import synthesize_dataset
+    from gmpi_core.train.loop import Trainer
+
+    res = gmpi.config.generator.img_resolution
+    print(f"[gmpi demo] generating 256 synthetic heads at {res}² for a {seconds:.0f} s training run ...")
+    data = synthesize_dataset(out / "data", res=res, n=256, seed=seed, progress=False, overwrite=True)
+    cfg = gmpi.config.with_updates(dataset={"images": str(data), "poses": None}, train={"batch_size": 4})
+    init = f"native:{DEMO_CHECKPOINT}" if (DEMO_CHECKPOINT / "config.json").exists() else "random"
+    trainer = Trainer(cfg, out / "train", init=init, resume=False, progress=True, log_every=5,
+                      sample_every=0, n_sample_latents=8, max_steps=10**6)  # fmt: skip
+    trainer.train(max_seconds=seconds)
+    trainer.write_samples()
+    trainer.close()
+    return out / "train"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     gmpi, what = _load_model(None, None, args.seed)
@@ -69,18 +87,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"[gmpi demo] wrote {len(written)} files in {time.perf_counter() - t0:.1f} s:")
     for p in written:
         print(f"  {p}")
+    if args.train_seconds > 0:
+        run = demo_training(gmpi, out, args.train_seconds, args.seed)
+        print(f"[gmpi demo] training run (checkpoint, samples, log.jsonl) in {run}")
+    print(f"[gmpi demo] done in {time.perf_counter() - t0:.1f} s; outputs in {out.resolve()}")
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    gmpi, what = _load_model(args.model, args.preset, args.init_seed)
-    print(f"[gmpi render] model: {what}")
-    written = render_outputs(
-        gmpi, Path(args.out), args.seed, n_planes=args.planes, n_views=args.views, truncation_psi=args.psi
-    )
-    for p in written:
-        print(f"  {p}")
-    return 0
+    from gmpi_core.render import cli as render_cli
+
+    return int(render_cli.main(args.rest) or 0)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -126,18 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--planes", type=int, default=32)
     d.add_argument("--views", type=int, default=9)
+    d.add_argument("--train-seconds", type=float, default=60.0, help="length of the demo training run (0: skip)")
     d.set_defaults(func=cmd_demo)
 
-    r = sub.add_parser("render", help="render a yaw sweep, depth and MPI planes of one seed")
-    src = r.add_mutually_exclusive_group()
-    src.add_argument("--model", help="native checkpoint directory")
-    src.add_argument("--preset", help="randomly initialised model of this preset")
-    r.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation (--preset)")
-    r.add_argument("--seed", type=int, default=0, help="latent seed")
-    r.add_argument("--planes", type=int, default=96)
-    r.add_argument("--views", type=int, default=9)
-    r.add_argument("--psi", type=float, default=1.0)
-    r.add_argument("--out", default="outputs/render")
+    r = sub.add_parser(
+        "render", help="images, videos, meshes, browser exports: `gmpi render --help`", add_help=False
+    )
+    r.add_argument("rest", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_render)
 
     pr = sub.add_parser("presets", help="list the presets or print one as JSON")
@@ -161,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands that own their full argument parser (their --help and options pass through untouched).
-_PASSTHROUGH = {"train": cmd_train, "data": cmd_data}
+_PASSTHROUGH = {"train": cmd_train, "data": cmd_data, "render": cmd_render}
 
 
 def main(argv: list[str] | None = None) -> int:

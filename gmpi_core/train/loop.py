@@ -513,15 +513,17 @@ class Trainer:
         }
 
     # -- the loop ------------------------------------------------------------------------------------
-    def train(self, until: int | None = None) -> dict[str, float] | None:
-        """Run steps until ``until`` (default ``max_steps``) steps are complete; checkpoint, log and
-        sample on the way and at the end. Returns the last step's statistics (None if nothing ran)."""
+    def train(self, until: int | None = None, max_seconds: float | None = None) -> dict[str, float] | None:
+        """Run steps until ``until`` (default ``max_steps``) steps are complete or ``max_seconds`` of wall
+        time have passed; checkpoint, log and sample on the way and at the end. Returns the last step's
+        statistics (None if nothing ran)."""
         end = self.max_steps if until is None else min(until, self.max_steps)
+        deadline = None if max_seconds is None else time.perf_counter() + max_seconds
         bar = self._progress_bar(end)
         stats: dict[str, float] | None = None
         last_saved = self.step_idx if self.resumed_from is not None else -1
         try:
-            while self.step_idx < end:
+            while self.step_idx < end and (deadline is None or time.perf_counter() < deadline):
                 stats = self.step()
                 s = self.step_idx
                 if bar is not None:

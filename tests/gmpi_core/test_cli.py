@@ -4,6 +4,7 @@ import json
 
 import imageio.v2 as imageio
 import numpy as np
+import pytest
 from PIL import Image
 
 from gmpi_core.cli import main
@@ -11,7 +12,7 @@ from gmpi_core.cli import main
 
 def test_demo_writes_views_depth_planes_and_videos(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--planes", "8", "--views", "3"]) == 0
+    assert main(["demo", "--out", str(out), "--planes", "8", "--views", "3", "--train-seconds", "0"]) == 0
     printed = capsys.readouterr().out
     names = ["views_yaw_sweep.png", "depth_yaw_sweep.png", "mpi_rgb.png", "mpi_alpha.png",
              "video_rgb_horizontal.mp4", "video_rgb_horizontal.gif", "video_depth_horizontal.mp4"]  # fmt: skip
@@ -38,3 +39,14 @@ def test_presets_lists_and_prints_json(capsys):
 def test_unknown_preset_is_a_clear_error_with_exit_code_2(capsys):
     assert main(["presets", "FFHQ128"]) == 2
     assert "unknown preset 'FFHQ128'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_training_run_writes_a_loadable_checkpoint_and_logs_finite_losses(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--planes", "4", "--views", "2", "--train-seconds", "1"]) == 0
+    lines = (out / "train" / "log.jsonl").read_text().splitlines()
+    assert lines and all(np.isfinite(json.loads(line)["loss_d"]) for line in lines)
+    from gmpi_core.pipeline import GMPI
+
+    assert GMPI.from_pretrained(out / "train" / "model").config.generator.img_resolution == 64
