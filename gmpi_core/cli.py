@@ -1,16 +1,19 @@
 """The ``gmpi`` command line.
 
-    gmpi demo [--out outputs/demo]            novel views, depth and MPI planes from a tiny model (CPU)
-    gmpi presets [NAME]                       list presets / print one as JSON
-    gmpi render --model DIR|--preset NAME ... images, sweep videos, meshes, browser exports of chosen seeds
-    gmpi data synth --out DIR --res 64 --n 20000 --seed 0   the synthetic 3D-heads dataset
-    gmpi train --preset synthetic64 --data DIR --out RUN    training (torchrun for several processes)
-    gmpi bench render|generator|train_step [args...]        the benchmarks in scripts/bench
+gmpi demo [--out outputs/demo]            novel views, depth and MPI planes from a tiny model (CPU)
+gmpi presets [NAME]                       list presets / print one as JSON
+gmpi render --model DIR|--preset NAME ... images, sweep videos, meshes, browser exports of chosen seeds
+gmpi data synth --out DIR --res 64 --n 20000 --seed 0   the synthetic 3D-heads dataset
+gmpi train --preset synthetic64 --data DIR --out RUN    training (torchrun for several processes)
+gmpi prep landmarks|poses ...                           preprocessing in the original layouts
+gmpi eval --model DIR --data DIR ...                    the metric protocol -> report.json
+gmpi bench render|generator|train_step|... [args...]    the benchmarks in scripts/bench
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import runpy
 import sys
 import time
@@ -27,13 +30,19 @@ def _load_model(model: str | None, preset_name: str | None, seed: int):
     if model:
         return GMPI.from_pretrained(model), f"checkpoint {model}"
     if preset_name:
-        return GMPI.random(preset_name, seed=seed), f"randomly initialised '{preset_name}' model (seed {seed})"
+        return GMPI.random(
+            preset_name, seed=seed
+        ), f"randomly initialised '{preset_name}' model (seed {seed})"
     if (DEMO_CHECKPOINT / "config.json").exists():
         return GMPI.from_pretrained(DEMO_CHECKPOINT), f"shipped demo checkpoint {DEMO_CHECKPOINT}"
-    return GMPI.random("synthetic64", seed=seed), "randomly initialised 'synthetic64' model (no demo checkpoint shipped yet)"
+    return GMPI.random(
+        "synthetic64", seed=seed
+    ), "randomly initialised 'synthetic64' model (no demo checkpoint shipped yet)"
 
 
-def render_outputs(gmpi, out: Path, seed: int, n_planes: int, n_views: int, truncation_psi: float) -> list[Path]:
+def render_outputs(
+    gmpi, out: Path, seed: int, n_planes: int, n_views: int, truncation_psi: float
+) -> list[Path]:
     """Yaw sweep (PNG strip + MP4 + GIF), depth strip and MPI plane grids for one seed."""
     from gmpi_core.render.io import depth_to_uint8, grid, save_png, save_video, to_uint8
 
@@ -83,7 +92,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     gmpi, what = _load_model(None, None, args.seed)
     print(f"[gmpi demo] model: {what}")
     out = Path(args.out)
-    written = render_outputs(gmpi, out, args.seed, n_planes=args.planes, n_views=args.views, truncation_psi=1.0)
+    written = render_outputs(
+        gmpi, out, args.seed, n_planes=args.planes, n_views=args.views, truncation_psi=1.0
+    )
     print(f"[gmpi demo] wrote {len(written)} files in {time.perf_counter() - t0:.1f} s:")
     for p in written:
         print(f"  {p}")
@@ -94,12 +105,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    from gmpi_core.render import cli as render_cli
-
-    return int(render_cli.main(args.rest) or 0)
-
-
 def cmd_presets(args: argparse.Namespace) -> int:
     from gmpi_core.config import PRESETS, preset
 
@@ -108,34 +113,30 @@ def cmd_presets(args: argparse.Namespace) -> int:
     else:
         for name, cfg in PRESETS.items():
             g = cfg.generator
-            print(f"{name:12s} {g.img_resolution:5d}²  fov {cfg.camera.fov_deg:5.2f}°  batch {cfg.train.batch_size}")
+            print(
+                f"{name:12s} {g.img_resolution:5d}²  fov {cfg.camera.fov_deg:5.2f}°  "
+                f"batch {cfg.train.batch_size}"
+            )
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench" / f"{args.name}.py"
     if not script.exists():
-        print(f"gmpi bench: no benchmark '{args.name}' ({script} not found; run from a source checkout)", file=sys.stderr)
+        print(
+            f"gmpi bench: no benchmark '{args.name}' ({script} not found; run from a source checkout)",
+            file=sys.stderr,
+        )
         return 2
     sys.argv = [str(script), *args.rest]
     runpy.run_path(str(script), run_name="__main__")
     return 0
 
 
-def cmd_data(args: argparse.Namespace) -> int:
-    from gmpi_core.data import synthetic
-
-    return int(synthetic.main(args.rest) or 0)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from gmpi_core.train import cli as train_cli
-
-    return int(train_cli.main(args.rest) or 0)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gmpi", description="Generative Multiplane Images: train, evaluate, render.")
+    p = argparse.ArgumentParser(
+        prog="gmpi", description="Generative Multiplane Images: train, evaluate, render."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="render novel views, depth and MPI planes from a tiny model on CPU")
@@ -143,27 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--planes", type=int, default=32)
     d.add_argument("--views", type=int, default=9)
-    d.add_argument("--train-seconds", type=float, default=60.0, help="length of the demo training run (0: skip)")
-    d.set_defaults(func=cmd_demo)
-
-    r = sub.add_parser(
-        "render", help="images, videos, meshes, browser exports: `gmpi render --help`", add_help=False
+    d.add_argument(
+        "--train-seconds", type=float, default=60.0, help="length of the demo training run (0: skip)"
     )
-    r.add_argument("rest", nargs=argparse.REMAINDER)
-    r.set_defaults(func=cmd_render)
+    d.set_defaults(func=cmd_demo)
 
     pr = sub.add_parser("presets", help="list the presets or print one as JSON")
     pr.add_argument("name", nargs="?")
     pr.set_defaults(func=cmd_presets)
 
-    da = sub.add_parser("data", help="datasets: `gmpi data synth --help`")
-    da.add_argument("action", choices=["synth"])
-    da.add_argument("rest", nargs=argparse.REMAINDER)
-    da.set_defaults(func=cmd_data)
-
-    t = sub.add_parser("train", help="train GMPI or a 2D StyleGAN2: `gmpi train --help`", add_help=False)
-    t.add_argument("rest", nargs=argparse.REMAINDER)
-    t.set_defaults(func=cmd_train)
+    for name, text in _DELEGATED_HELP.items():
+        sub.add_parser(name, help=f"{text}: `gmpi {name} --help`", add_help=False)
 
     b = sub.add_parser("bench", help="run a benchmark from scripts/bench (render, generator)")
     b.add_argument("name")
@@ -172,18 +163,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Subcommands that own their full argument parser (their --help and options pass through untouched).
-_PASSTHROUGH = {"train": cmd_train, "data": cmd_data, "render": cmd_render}
+# Subcommands whose module owns the full argument parser (their --help and options pass through):
+# command -> module with ``main(argv)``, or action -> module for two-word commands.
+_DELEGATED: dict[str, str | dict[str, str]] = {
+    "render": "gmpi_core.render.cli",
+    "train": "gmpi_core.train.cli",
+    "eval": "gmpi_core.eval.cli",
+    "data": {"synth": "gmpi_core.data.synthetic"},
+    "prep": {"landmarks": "gmpi_core.preprocess.landmarks", "poses": "gmpi_core.preprocess.pose"},
+}
+_DELEGATED_HELP = {
+    "render": "images, sweep videos, meshes, browser exports of chosen seeds",
+    "train": "train GMPI (or a 2D StyleGAN2), one process or torchrun",
+    "eval": "FID/KID, identity consistency, depth and pose accuracy -> report.json",
+    "data": "datasets: synth (the synthetic 3D heads)",
+    "prep": "preprocessing: landmarks (MTCNN), poses (5-point PnP) in the original layouts",
+}
+
+
+def _delegate(argv: list[str]) -> int:
+    target = _DELEGATED[argv[0]]
+    rest = argv[1:]
+    if isinstance(target, dict):
+        if not rest or rest[0] not in target:
+            got = f"'{rest[0]}'" if rest else "nothing"
+            print(f"gmpi {argv[0]}: expected one of {', '.join(target)}, got {got}", file=sys.stderr)
+            return 2
+        target, rest = target[rest[0]], rest[1:]
+    module = importlib.import_module(target)
+    return int(module.main(rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _PASSTHROUGH and not (argv[0] == "data" and len(argv) < 2):
-        rest = argv[2:] if argv[0] == "data" else argv[1:]
-        if argv[0] == "data" and argv[1] != "synth":
-            print(f"gmpi data: unknown action '{argv[1]}'; choose one of: synth", file=sys.stderr)
-            return 2
-        return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=rest))
+    if argv and argv[0] in _DELEGATED:
+        return _delegate(argv)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

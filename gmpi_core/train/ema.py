@@ -17,7 +17,9 @@ from torch import Tensor, nn
 class ParameterEMA:
     """Shadow copies of a module's parameters, updated after every optimiser step."""
 
-    def __init__(self, parameters: Iterable[nn.Parameter], decay: float, use_num_updates: bool = True) -> None:
+    def __init__(
+        self, parameters: Iterable[nn.Parameter], decay: float, use_num_updates: bool = True
+    ) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = decay
@@ -74,7 +76,11 @@ class ParameterEMA:
             raise ValueError(f"EMA state has {len(shadow)} tensors, expected {len(self.shadow_params)}")
         for i, (mine, theirs) in enumerate(zip(self.shadow_params, shadow, strict=True)):
             if mine.shape != theirs.shape:
-                raise ValueError(f"EMA tensor {i}: shape {tuple(theirs.shape)} != expected {tuple(mine.shape)}")
+                raise ValueError(
+                    f"EMA tensor {i}: shape {tuple(theirs.shape)} != expected {tuple(mine.shape)}"
+                )
         self.decay = float(state["decay"])
         self.num_updates = state["num_updates"]
-        self.shadow_params = [t.detach().clone().to(m.device) for t, m in zip(shadow, self.shadow_params, strict=True)]
+        self.shadow_params = [
+            t.detach().clone().to(m.device) for t, m in zip(shadow, self.shadow_params, strict=True)
+        ]

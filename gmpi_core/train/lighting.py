@@ -78,14 +78,16 @@ class LightingAugmentation:
         """ℓ [B, 3]: from a light on the camera sphere towards the sphere centre (spec §6.6 step 5)."""
         cfg, cam = self.cfg, self.camera
         yaw = sample_truncated_normal(0.0, cfg.light_yaw_std, 2.0, batch, generator=generator)
-        pitch = sample_truncated_normal(cfg.light_pitch_mean, cfg.light_pitch_std, 2.0, batch, generator=generator)
+        pitch = sample_truncated_normal(
+            cfg.light_pitch_mean, cfg.light_pitch_std, 2.0, batch, generator=generator
+        )
         position = sphere_c2w(yaw, pitch, radius=cam.sphere_radius, center_z=cam.sphere_center_z)[:, :3, 3]
         center = torch.tensor([0.0, 0.0, cam.sphere_center_z])
         return F.normalize(center - position, dim=-1)
 
     def __call__(self, rgba: Tensor, plane_dhw: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Shade rgba [B, N, 4, T, T] (values in [0, 1]); returns a new tensor, alpha unchanged."""
-        b, n, _, t, _ = rgba.shape
+        b, _, _, t, _ = rgba.shape
         rho, ka, kd = self.coefficients()
         self.n_calls += 1
         depths = plane_dhw[:, 0].to(rgba)
@@ -106,4 +108,3 @@ class LightingAugmentation:
 def blur_sigma(kernel_size: int) -> float:
     """torchvision's default σ for a kernel size: 0.3·((k−1)/2 − 1) + 0.8 (1.7 for k = 9)."""
     return 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
-

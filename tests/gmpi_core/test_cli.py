@@ -14,8 +14,10 @@ def test_demo_writes_views_depth_planes_and_videos(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--planes", "8", "--views", "3", "--train-seconds", "0"]) == 0
     printed = capsys.readouterr().out
-    names = ["views_yaw_sweep.png", "depth_yaw_sweep.png", "mpi_rgb.png", "mpi_alpha.png",
-             "video_rgb_horizontal.mp4", "video_rgb_horizontal.gif", "video_depth_horizontal.mp4"]  # fmt: skip
+    names = [
+        *("views_yaw_sweep.png", "depth_yaw_sweep.png", "mpi_rgb.png", "mpi_alpha.png"),
+        *("video_rgb_horizontal.mp4", "video_rgb_horizontal.gif", "video_depth_horizontal.mp4"),
+    ]
     for name in names:
         assert (out / name).exists(), name
         assert str(out / name) in printed

@@ -30,13 +30,22 @@ def test_official_presets_match_spec_tables(name):
     assert cfg.generator.channel_base == cfg.discriminator.channel_base == cb
     assert (cfg.generator.num_fp16_res, cfg.generator.conv_clamp, cfg.generator.channel_max) == (4, 256, 512)
     assert cfg.generator.alpha_head == "normalize_add_z" and cfg.generator.alpha_largest_res == 256
-    assert (cfg.discriminator.c_dim, cfg.discriminator.cmap_dim, cfg.discriminator.mbstd_group_size) == (16, 16, 1)
+    assert (cfg.discriminator.c_dim, cfg.discriminator.cmap_dim, cfg.discriminator.mbstd_group_size) == (
+        16,
+        16,
+        1,
+    )
     t = cfg.train
     assert (t.batch_size, t.batch_split) == (batch, split)
     assert (t.lr_g, t.lr_d, t.betas, t.r1_gamma, t.grad_clip) == (0.002, 0.002, (0.0, 0.9), 10.0, 10.0)
     assert (t.n_planes, cfg.eval.n_planes, t.n_views_per_z, t.total_iters) == (32, 96, 4, 5001)
     assert (t.ema_decay, t.ema2_decay) == (0.999, 0.9999)
-    assert (t.lighting.ka_max, t.lighting.kd_max, t.lighting.start_iter, t.lighting.grow_n_iters) == (0.9, 0.1, 1000, 1000)
+    assert (t.lighting.ka_max, t.lighting.kd_max, t.lighting.start_iter, t.lighting.grow_n_iters) == (
+        0.9,
+        0.1,
+        1000,
+        1000,
+    )
 
 
 def test_ffhq_pose_ranges_are_k_sigma_boxes():

@@ -90,7 +90,9 @@ def test_light_from_the_side_darkens_a_flat_mpi_by_the_cosine():
     cfg = LightingConfig(grow_n_iters=1, light_yaw_std=0.0, light_pitch_mean=0.0, light_pitch_std=0.0)
     shader = LightingAugmentation(cfg, camera)
     shader.n_calls = 1
-    shader.light_directions = lambda b, generator=None: torch.tensor([[-np.sin(yaw), 0.0, np.cos(yaw)]]).float().expand(b, 3)
+    shader.light_directions = lambda b, generator=None: (
+        torch.tensor([[-np.sin(yaw), 0.0, np.cos(yaw)]]).float().expand(b, 3)
+    )
     shaded = shader(rgba, dhw)
     expected = 0.6 * (0.9 + 0.1 * np.cos(yaw))
     assert torch.allclose(shaded[:, :, :3], torch.full_like(shaded[:, :, :3], expected), atol=1e-5)

@@ -1,0 +1,1 @@
+"""Dataset preprocessing: facial landmarks (MTCNN) and head poses (spec §8)."""

@@ -1,0 +1,1002 @@
+"""Offline head pose from 5 landmarks: robust PnP against a 3D mean face, written as Deep3DFaceRecon files.
+
+GMPI conditions its discriminator on the camera of every real image, which the official pipeline gets from
+Deep3DFaceRecon's ResNet-50 (spec §8.2, needs the Basel Face Model and a checkpoint). This module replaces
+it by a pose solver that needs nothing but the five MTCNN landmarks, and writes the same ``.mat`` files, so
+training reads them unchanged (``gmpi_core.data.poses.Deep3DFacePoses``, spec §1.6).
+
+**Model.** Deep3DFace's (spec §1.2, §1.6, ``models/bfm.py``): a face point X (template frame: +Y up, +Z
+toward the camera, decimetres; ``gmpi_core.preprocess.template``) is posed as X_w = R(angle)·X + trans with
+R = R_z(a₂)R_y(a₁)R_x(a₀), and seen by a pinhole 10 units up the +Z axis looking down −Z. In OpenCV camera
+axes (+X right, +Y down, +Z forward) that is P = F·X_w + 10ẑ, F = diag(1, −1, −1), and the landmark is
+u = f·P_x/P_z + c_x, v = f·P_y/P_z + c_y in pixel-edge coordinates (origin at the image's top-left corner,
+pixel centres at +0.5, spec §1.2). ``deep3dface_to_w2c(angle, trans, r, c)`` turns exactly this (angle,
+trans) into GMPI's camera (spec §1.6): the face frame becomes GMPI's world around the sphere centre S, the
+rotation is kept and the camera is moved radially onto the sphere. Two choices of intrinsics:
+
+* ``intrinsics="gmpi"`` (default): GMPI's own camera on the whole image, f = W / (2 tan(fov/2)) with the
+  dataset's fov (12.6° for FFHQ and MetFaces, which is Deep3DFace's 2·atan(112/1015) to 0.01°) and the
+  principal point at the image centre. The estimate is then *the camera GMPI renders with*: projecting the
+  synthetic heads' true 3D landmarks with their true (angle, trans) reproduces their landmarks exactly.
+* ``intrinsics="deep3dface"``: what Deep3DFaceRecon itself assumes. ``align_img`` fits a scaled
+  orthographic projection of its BFM template to the landmarks (``POS``: scale s px/dm, translation t px),
+  resizes the image by 102/s and cuts a 224² crop centred on t, where its camera has f = 1015, c = 112.
+  A crop of a resized image is the original image seen by a pinhole with f = 1015·s/102 and the principal
+  point at t, so the same PnP with those intrinsics gives Deep3DFace-style poses (face centred, trans_xy ≈
+  0) without resampling pixels (up to the integer rounding of its crop box and its y ← H − 1 − y flip,
+  well under a pixel). GMPI then assumes the face sits on its optical axis; off-centre faces get the
+  rotation of their appearance rather than of their camera.
+
+**Solver.** Scaled-orthographic (affine) least squares gives a closed-form start (the template is not
+planar, so it is unique), refined by Levenberg-Marquardt on the 6 DoF (rotation-vector increments,
+translation) of the pixel reprojection error; where that ends with an error above 5 % of the landmarks'
+spread, a second start from the frontal pose is tried and the better one wins. Everything is batched over
+images in numpy (float64); no OpenCV: ``cv2.solvePnP`` would add a dependency, and
+with 5 points its default DLT start does not apply (it needs 6) — the field notes' EPnP + refineLM probe
+is what this does, in ~100 lines of numpy. Degenerate inputs are refused before solving
+(non-finite, coincident or collinear landmarks), implausible solutions after (face behind the camera,
+|yaw| or |pitch| above ``max_angle_deg``, which is what left/right-swapped landmarks give, or an RMS
+reprojection error above ``max_relative_error`` of the landmarks' spread), each with its reason.
+
+**Bias.** Five points fix yaw and roll well, but pitch only through the nose's height between eyes and
+mouth, which varies between people and with expression; and a template whose proportions differ from the
+faces biases pitch and scales yaw (the ``bfm`` nose stands 3× further out than the synthetic heads', so
+their raw yaw comes out at 0.57 of the truth). ``calibration=`` corrects the angles after solving:
+
+* ``"none"``: raw PnP (the default: the BFM template *is* a mean real face).
+* ``"synthetic"``: ``SYNTHETIC_CALIBRATIONS[(template, intrinsics)]``, the mirror-symmetric error model of
+  ``Calibration`` (pitch offset, gain and yaw² term; yaw gain; roll untouched) fitted estimate-on-truth on
+  4000 synthetic heads of seed 1 at 256² (``scripts/bench/pose.py --fit``); the synthetic datasets use
+  seed 0, so the tests and benchmarks never see the fitting data. Use it with ``template="synthetic"``
+  on synthetic data (there it is almost the identity: that template is unbiased on those heads), or to
+  see the ``bfm`` bias removed on them; it is no correction for real faces.
+* ``"dataset-median"`` (``run_poses`` only): subtract the dataset's median pitch, i.e. assume the dataset
+  is frontal on average, as GMPI's pose prior does (pitch mean 0, spec §1.4). For real faces with the
+  ``bfm`` template this removes the dataset-wide offset that no synthetic data can measure (a broad smile
+  raises the mouth corners, which reads as a lowered head: the frontal astronaut gets +28° pitch).
+* a ``Calibration`` from ``fit_calibration`` on any data with known poses.
+
+Measured errors and speed: ``scripts/bench/pose.py`` (table in its docstring).
+
+**Dataset step** (``gmpi prep poses``, ``run_poses``): for every ``detections/results/<member>.txt`` (five
+lines ``x<TAB>y``, integer pixel indices as MTCNN's scripts write them, read as pixel centres ``+ 0.5``;
+spec §8.1) it writes ``POSE_ROOT/<member>.mat`` (layout ``ffhq``) or ``POSE_ROOT/coeffs/<stem>.mat``
+(``metfaces``) with ``write_deep3dface_mat``; images on the detections' fail list are skipped; the fail
+list goes to ``POSE_ROOT/fail_list.txt`` (spec §8.1: the pose root holds it) together with the images the
+solver refused, whose reasons go to ``POSE_ROOT/pose_failures.log``. Files are written atomically and
+existing ones are kept (resume), as long as ``POSE_ROOT/pose_estimator.json`` records the same settings.
+
+**Using the real Deep3DFaceRecon instead** (needs the Basel Face Model 2009 ``01_MorphableModel.mat``, the
+``Exp_Pca.bin`` expression basis and the pretrained checkpoint; spec §8.2). The GMPI authors' fork of
+sicxu/Deep3DFaceRecon_pytorch (base commit ``6ba3d22``) reads the landmarks of ``gmpi prep landmarks``
+(the ``mtcnn_ffhq_{R}/detections`` folder) and the dataset zip below ``--gmpi_root``::
+
+    python estimate_pose_ffhq.py --name=pretrained --epoch=20 --gmpi_img_res 256 \\
+        --gmpi_root /path/to/gmpi_root            # reads runtime_dataset/ffhq256x256.zip
+    python estimate_pose_metfaces.py --name=pretrained --epoch=20 --gmpi_img_res 1024 \\
+        --gmpi_root /path/to/gmpi_root
+
+They write ``checkpoints/pretrained/results/ffhq256x256/epoch_20_000000/<member>.mat`` (resp.
+``.../metfaces1024x1024_xflip/epoch_20_000000/<stem>.mat``). Move that folder to the pose root (for
+MetFaces into ``POSE_ROOT/coeffs/``), copy ``detections/fail_list.txt`` to ``POSE_ROOT/fail_list.txt``
+(spec §8.1 PITFALL: use the right resolution in the path), then check it against the images with
+``validate_deep3dface_folder(POSE_ROOT, dataset_zip, layout)`` (``gmpi prep poses --validate-only --out
+POSE_ROOT --images ffhq256x256.zip``); the files are read as they are, all seven keys included. (The fork
+also needs nvdiffrast and a GPU; its poses differ from ours by its regressor's own errors.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal, NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from gmpi_core.preprocess.template import FaceTemplate, get_template
+
+__all__ = [
+    "CALIBRATIONS",
+    "DEEP3DFACE_CAMERA",
+    "NO_CALIBRATION",
+    "SYNTHETIC_CALIBRATIONS",
+    "Calibration",
+    "Deep3DFaceFolderReport",
+    "HeadPoseEstimator",
+    "PoseBatch",
+    "PoseEstimate",
+    "PoseEstimationError",
+    "PoseRunSummary",
+    "camera_pose_to_deep3dface",
+    "deep3dface_camera_pose",
+    "deep3dface_crop_intrinsics",
+    "estimate_pose",
+    "euler_from_rotation",
+    "euler_to_rotation",
+    "fit_calibration",
+    "main",
+    "project_landmarks",
+    "read_landmark_file",
+    "run_poses",
+    "solve_pnp",
+    "validate_deep3dface_folder",
+]
+
+Intrinsics = Literal["gmpi", "deep3dface"]
+Layout = Literal["ffhq", "metfaces"]
+
+
+@dataclass(frozen=True)
+class _Deep3DFaceCamera:
+    """Deep3DFaceRecon's camera (spec §1.2): focal and principal point in its crop, and its distance."""
+
+    focal: float = 1015.0
+    center: float = 112.0
+    crop_size: int = 224
+    rescale_factor: float = 102.0  # align_img: the template's POS scale is mapped to this many px/dm
+    distance: float = 10.0
+
+
+DEEP3DFACE_CAMERA = _Deep3DFaceCamera()
+_FLIP = np.array([1.0, -1.0, -1.0])  # F = diag(1, −1, −1): Deep3DFace axes ↔ OpenCV camera axes (spec §1.6)
+DEFAULT_FOV_DEG = 12.6  # FFHQ / MetFaces (spec §1.2)
+
+
+class PoseEstimationError(ValueError):
+    """The landmarks of one image give no usable pose; the message says why."""
+
+
+# --- rotations and the Deep3DFace camera (spec §1.6) ------------------------------------------------------
+
+
+def euler_to_rotation(angle: ArrayLike) -> np.ndarray:
+    """R [..., 3, 3] = R_z(a₂) R_y(a₁) R_x(a₀) of Euler angles [..., 3] in radians (Deep3DFace, spec §1.6)."""
+    a, b, g = np.moveaxis(np.asarray(angle, np.float64), -1, 0)
+    ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
+    return np.stack(
+        [
+            np.stack([cg * cb, cg * sb * sa - sg * ca, cg * sb * ca + sg * sa], -1),
+            np.stack([sg * cb, sg * sb * sa + cg * ca, sg * sb * ca - cg * sa], -1),
+            np.stack([-sb, cb * sa, cb * ca], -1),
+        ],
+        -2,
+    )
+
+
+def euler_from_rotation(rot: np.ndarray) -> np.ndarray:
+    """Euler angles [..., 3] (a₀, a₁, a₂) with R = R_z(a₂) R_y(a₁) R_x(a₀), a₁ ∈ [−π/2, π/2]."""
+    rot = np.asarray(rot, np.float64)
+    a = np.arctan2(rot[..., 2, 1], rot[..., 2, 2])
+    b = np.arctan2(-rot[..., 2, 0], np.hypot(rot[..., 2, 1], rot[..., 2, 2]))
+    g = np.arctan2(rot[..., 1, 0], rot[..., 0, 0])
+    return np.stack([a, b, g], -1)
+
+
+def deep3dface_camera_pose(angle: ArrayLike, trans: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The face→camera transform P = rot·X + t [..., 3, 3], [..., 3] in OpenCV camera axes of a
+    Deep3DFace pose: rot = F·R(angle), t = F·trans + 10ẑ (module docstring)."""
+    rot = _FLIP[:, None] * euler_to_rotation(angle)
+    t = _FLIP * np.asarray(trans, np.float64)
+    t[..., 2] += DEEP3DFACE_CAMERA.distance
+    return rot, t
+
+
+def camera_pose_to_deep3dface(rot: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``deep3dface_camera_pose``: (angle [..., 3], trans [..., 3]) of a face→camera transform."""
+    t = np.array(t, np.float64)
+    t[..., 2] -= DEEP3DFACE_CAMERA.distance
+    return euler_from_rotation(_FLIP[:, None] * np.asarray(rot, np.float64)), _FLIP * t
+
+
+def project_landmarks(
+    template: ArrayLike, angle: ArrayLike, trans: ArrayLike, focal: ArrayLike, center: ArrayLike
+) -> np.ndarray:
+    """Pixel positions [N, K, 2] of template points [K, 3] posed by angle, trans [N, 3] through pinholes
+    with focal [N] and principal point center [N, 2] (pixel-edge coordinates, spec §1.2)."""
+    rot, t = deep3dface_camera_pose(np.atleast_2d(angle), np.atleast_2d(trans))
+    points = np.einsum("nij,kj->nki", rot, np.asarray(template, np.float64)) + t[:, None, :]
+    focal = np.broadcast_to(np.asarray(focal, np.float64), (len(rot),))
+    return focal[:, None, None] * points[..., :2] / points[..., 2:] + np.atleast_2d(center)[:, None, :]
+
+
+# --- the solver --------------------------------------------------------------------------------------------
+
+
+class PnPSolution(NamedTuple):
+    """Face→camera transforms (OpenCV axes) ``rot`` [N, 3, 3], ``t`` [N, 3] and the RMS reprojection error
+    per landmark ``rms_px`` [N] (inf where no finite solution was found)."""
+
+    rot: np.ndarray
+    t: np.ndarray
+    rms_px: np.ndarray
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    """[v]× [..., 3, 3] of vectors [..., 3]."""
+    out = np.zeros((*v.shape, 3))
+    out[..., 0, 1], out[..., 0, 2], out[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
+    out[..., 1, 0], out[..., 2, 0], out[..., 2, 1] = v[..., 2], -v[..., 1], v[..., 0]
+    return out
+
+
+def _rodrigues(omega: np.ndarray) -> np.ndarray:
+    """exp([ω]×) [N, 3, 3] of rotation vectors [N, 3]."""
+    theta = np.linalg.norm(omega, axis=-1)[:, None, None]
+    k = _skew(omega)
+    small = theta < 1e-8
+    safe = np.where(small, 1.0, theta)
+    a = np.where(small, 1.0, np.sin(safe) / safe)
+    b = np.where(small, 0.5, (1.0 - np.cos(safe)) / safe**2)
+    return np.eye(3) + a * k + b * (k @ k)
+
+
+def _residuals(rot: np.ndarray, t: np.ndarray, template: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Camera points P [N, K, 3], normalised reprojection residuals [N, K, 2] and the cost [N] (inf where
+    a point is not in front of the camera)."""
+    p = np.einsum("nij,kj->nki", rot, template) + t[:, None, :]
+    z = p[..., 2]
+    in_front = (z > 1e-9).all(axis=1)
+    residual = p[..., :2] / np.where(z > 1e-9, z, 1.0)[..., None] - m
+    cost = np.where(in_front, (residual**2).sum(axis=(1, 2)), np.inf)
+    return p, residual, cost
+
+
+def _affine_start(template: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form scaled-orthographic pose of normalised points m [N, K, 2]: the least-squares affine
+    camera m ≈ A·[X; 1], its two rows made orthonormal (nearest, by SVD), depth = 1 / scale."""
+    design = np.concatenate([template, np.ones((len(template), 1))], axis=1)  # [K, 4]
+    coeffs = np.einsum("ak,nkc->nac", np.linalg.pinv(design), m)  # [N, 4, 2]
+    rows = np.swapaxes(coeffs[:, :3, :], 1, 2)  # [N, 2, 3] = scale · (r1, r2)
+    scale = 0.5 * np.linalg.norm(rows, axis=2).sum(axis=1)
+    u, _, vt = np.linalg.svd(rows, full_matrices=False)
+    r12 = u @ vt
+    rot = np.concatenate([r12, np.cross(r12[:, 0], r12[:, 1])[:, None, :]], axis=1)
+    depth = 1.0 / np.maximum(scale, 1e-12)
+    t = np.stack([coeffs[:, 3, 0] * depth, coeffs[:, 3, 1] * depth, depth], axis=1)
+    return rot, t
+
+
+def _frontal_start(template: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The face looking straight at the camera (Deep3DFace angle 0), at the depth and centre that match
+    the landmarks' spread and centroid."""
+    spread_model = np.sqrt(((template[:, :2] - template[:, :2].mean(0)) ** 2).sum(1).mean())
+    spread_image = np.sqrt(((m - m.mean(1, keepdims=True)) ** 2).sum(2).mean(1))
+    depth = spread_model / np.maximum(spread_image, 1e-12)
+    centre = m.mean(1) * depth[:, None] - (_FLIP * template.mean(0))[None, :2]
+    rot = np.broadcast_to(np.diag(_FLIP), (len(m), 3, 3)).copy()
+    return rot, np.concatenate([centre, depth[:, None]], axis=1)
+
+
+def _levenberg_marquardt(
+    rot: np.ndarray, t: np.ndarray, template: np.ndarray, m: np.ndarray, iterations: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Minimise the normalised reprojection error over (rot, t) from the given start; returns (rot, t,
+    cost [N]). Images leave the loop once their step is negligible or no step helps any more."""
+    rot, t = rot.copy(), t.copy()
+    lam = np.full(len(m), 1e-3)
+    cost = _residuals(rot, t, template, m)[2]
+    active = np.arange(len(m))
+    for _ in range(iterations):
+        if active.size == 0:
+            break
+        rot_a, t_a, m_a = rot[active], t[active], m[active]
+        p, residual, _ = _residuals(rot_a, t_a, template, m_a)
+        z = p[..., 2:3]
+        d_proj = np.zeros((*p.shape[:2], 2, 3))  # ∂(x/z, y/z)/∂P [A, K, 2, 3]
+        d_proj[..., 0, 0] = d_proj[..., 1, 1] = 1.0 / z[..., 0]
+        d_proj[..., :, 2] = -p[..., :2] / z**2
+        d_rot = -_skew(p - t_a[:, None, :])  # ∂P/∂ω for rot ← exp([ω]×)·rot: −[rot·X]×
+        jac = np.concatenate([d_proj @ d_rot, d_proj], axis=3).reshape(len(active), -1, 6)  # [A, 2K, 6]
+        hess = np.swapaxes(jac, 1, 2) @ jac
+        grad = np.einsum("nki,nk->ni", jac, residual.reshape(len(active), -1))
+        diag = np.eye(6) * np.diagonal(hess, axis1=1, axis2=2)[:, None, :]
+        damped = hess + lam[active, None, None] * diag + 1e-15 * np.eye(6)
+        step = -np.linalg.solve(damped, grad[..., None])[..., 0]
+        rot_new = _rodrigues(step[:, :3]) @ rot_a
+        t_new = t_a + step[:, 3:]
+        cost_new = _residuals(rot_new, t_new, template, m_a)[2]
+        better = cost_new < cost[active]
+        taken = active[better]
+        rot[taken], t[taken], cost[taken] = rot_new[better], t_new[better], cost_new[better]
+        lam[active] = np.clip(np.where(better, lam[active] / 3.0, lam[active] * 4.0), 1e-12, 1e12)
+        tiny = np.abs(step).max(axis=1) <= 1e-12 * (1.0 + np.abs(t_a).max(axis=1))
+        active = active[~(tiny | (lam[active] >= 1e8))]
+    u, _, vt = np.linalg.svd(rot)  # re-orthonormalise the accumulated product
+    return u @ vt, t, cost
+
+
+def solve_pnp(
+    points: np.ndarray, template: np.ndarray, focal: np.ndarray, center: np.ndarray, iterations: int = 30
+) -> PnPSolution:
+    """Face→camera pose (OpenCV axes) of template points [K, 3] seen at pixels points [N, K, 2] through
+    pinholes with focal [N] and principal point center [N, 2]: the affine start refined by
+    Levenberg-Marquardt on the pixel reprojection error, and where that ends with an error above 5 % of
+    the landmarks' spread, also the frontal start; the better one per image is returned."""
+    points = np.asarray(points, np.float64)
+    template = np.asarray(template, np.float64)
+    focal = np.broadcast_to(np.asarray(focal, np.float64), (len(points),))
+    m = (points - np.asarray(center, np.float64).reshape(-1, 1, 2)) / focal[:, None, None]
+    rot, t, cost = _levenberg_marquardt(*_affine_start(template, m), template, m, iterations)
+    # second start where the first one ended badly (> 5 % of the spread, or nowhere): the frontal pose
+    spread = np.sqrt(((m - m.mean(1, keepdims=True)) ** 2).sum(2).mean(1))
+    retry = np.flatnonzero(~(np.sqrt(cost / len(template)) <= 0.05 * spread))
+    if retry.size:
+        rot2, t2, cost2 = _levenberg_marquardt(
+            *_frontal_start(template, m[retry]), template, m[retry], iterations
+        )
+        take = cost2 < cost[retry]
+        rot[retry[take]], t[retry[take]], cost[retry[take]] = rot2[take], t2[take], cost2[take]
+    return PnPSolution(rot, t, np.sqrt(cost / len(template)) * focal)
+
+
+def deep3dface_crop_intrinsics(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Focal [N] and principal point [N, 2] in image pixels equivalent to Deep3DFaceRecon's aligned crop
+    (module docstring): POS fit of its BFM template (scale s px/dm, translation t), f = 1015·s/102, c = t."""
+    from gmpi_core.preprocess.template import BFM_LM3D_RAW
+
+    points = np.asarray(points, np.float64)
+    design = np.concatenate([BFM_LM3D_RAW * _FLIP, np.ones((5, 1))], axis=1)  # y down, like the pixels
+    coeffs = np.einsum("ak,nkc->nac", np.linalg.pinv(design), points)  # [N, 4, 2]
+    scale = 0.5 * np.linalg.norm(coeffs[:, :3, :], axis=1).sum(axis=1)
+    focal = DEEP3DFACE_CAMERA.focal * scale / DEEP3DFACE_CAMERA.rescale_factor
+    return focal, coeffs[:, 3, :]
+
+
+# --- calibration -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Systematic error of the raw estimates as a function of the true pose (radians; pitch = a₀, yaw = −a₁):
+
+        pitch_est = pitch_offset + pitch_gain·pitch + pitch_yaw2·yaw²
+        yaw_est   = yaw_gain·yaw
+
+    ``apply`` inverts it (yaw first, then pitch). The model is fitted estimate-on-truth (classical
+    calibration), so it removes offsets and gains without shrinking the estimates toward the pose
+    distribution of the fitting data, and it is mirror-symmetric (pitch even in yaw, yaw odd), so a
+    mirrored image still gets the mirrored pose. Roll is left as solved: the synthetic heads never roll,
+    so there is nothing to fit a roll gain on. ``template`` and ``intrinsics`` name the setting it was
+    fitted in ("" = any)."""
+
+    name: str = "none"
+    template: str = ""
+    intrinsics: str = ""
+    pitch_offset: float = 0.0
+    pitch_gain: float = 1.0
+    pitch_yaw2: float = 0.0
+    yaw_gain: float = 1.0
+    fitted_on: str = ""
+
+    def apply(self, angle: np.ndarray) -> np.ndarray:
+        """Corrected Deep3DFace angles [..., 3] of raw ones [..., 3]."""
+        angle = np.array(angle, np.float64)
+        yaw = -angle[..., 1] / self.yaw_gain
+        pitch = (angle[..., 0] - self.pitch_offset - self.pitch_yaw2 * yaw**2) / self.pitch_gain
+        angle[..., 0], angle[..., 1] = pitch, -yaw
+        return angle
+
+
+NO_CALIBRATION = Calibration()
+
+
+def fit_calibration(
+    estimated: np.ndarray,
+    true: np.ndarray,
+    name: str = "custom",
+    template: str = "",
+    intrinsics: str = "",
+    fitted_on: str = "",
+) -> Calibration:
+    """Least-squares ``Calibration`` of raw Deep3DFace angles [N, 3] against the true ones [N, 3]."""
+    estimated, true = np.asarray(estimated, np.float64), np.asarray(true, np.float64)
+    if estimated.shape != true.shape or estimated.ndim != 2 or estimated.shape[1] != 3 or len(true) < 8:
+        raise ValueError(
+            f"fit_calibration needs matching [N, 3] angle arrays with N >= 8, got {estimated.shape} and "
+            f"{true.shape}"
+        )
+    keep = np.isfinite(estimated).all(1) & np.isfinite(true).all(1)
+    estimated, true = estimated[keep], true[keep]
+    pitch, yaw = true[:, 0], -true[:, 1]
+    p = np.linalg.lstsq(np.stack([np.ones_like(pitch), pitch, yaw**2], 1), estimated[:, 0], rcond=None)[0]
+    y = np.linalg.lstsq(yaw[:, None], -estimated[:, 1], rcond=None)[0]
+    return Calibration(
+        name, template, intrinsics, float(p[0]), float(p[1]), float(p[2]), float(y[0]), fitted_on=fitted_on
+    )
+
+
+# fit_calibration on 4000 synthetic heads of seed 1 (FFHQ camera, landmarks at 256² floored to pixel indices
+# as in the dataset files), per (template, intrinsics); refit with ``scripts/bench/pose.py --fit``.
+_FITTED_ON = "synthetic heads seed 1, n=4000, 256²"
+SYNTHETIC_CALIBRATIONS: dict[tuple[str, str], Calibration] = {
+    ("bfm", "gmpi"): Calibration(
+        "synthetic", "bfm", "gmpi", -0.010308, 0.607241, 0.161554, 0.569848, _FITTED_ON
+    ),
+    ("bfm", "deep3dface"): Calibration(
+        "synthetic", "bfm", "deep3dface", 0.003661, 0.608395, 0.152317, 0.572067, _FITTED_ON
+    ),
+    ("synthetic", "gmpi"): Calibration(
+        "synthetic", "synthetic", "gmpi", -0.000499, 0.981866, 0.021802, 0.996659, _FITTED_ON
+    ),
+    ("synthetic", "deep3dface"): Calibration(
+        "synthetic", "synthetic", "deep3dface", 0.007512, 0.976599, 0.045703, 1.001318, _FITTED_ON
+    ),
+}
+CALIBRATIONS = ("none", "synthetic", "dataset-median")
+
+
+# --- the estimator -----------------------------------------------------------------------------------------
+
+
+class PoseEstimate(NamedTuple):
+    """One head pose: Deep3DFace ``angle`` [3] (radians, Euler x, y, z) and ``trans`` [3] (spec §1.6), GMPI's
+    ``yaw`` = −angle[1], ``pitch`` = angle[0], ``roll`` = −angle[2] (radians, spec §1.7) and the RMS
+    landmark reprojection error ``reproj_err_px`` of the solved (uncalibrated) pose."""
+
+    angle: np.ndarray
+    trans: np.ndarray
+    yaw: float
+    pitch: float
+    roll: float
+    reproj_err_px: float
+
+
+class PoseBatch(NamedTuple):
+    """Poses of N images: ``angle`` [N, 3], ``trans`` [N, 3], ``reproj_err_px`` [N] and ``failure`` (None or
+    the reason the image has no pose; its angle/trans are NaN)."""
+
+    angle: np.ndarray
+    trans: np.ndarray
+    reproj_err_px: np.ndarray
+    failure: list[str | None]
+
+    def estimate(self, i: int) -> PoseEstimate:
+        """Image ``i`` as a ``PoseEstimate``; raises ``PoseEstimationError`` if it failed."""
+        if self.failure[i] is not None:
+            raise PoseEstimationError(self.failure[i])
+        a = self.angle[i]
+        return PoseEstimate(
+            a.copy(),
+            self.trans[i].copy(),
+            -float(a[1]),
+            float(a[0]),
+            -float(a[2]),
+            float(self.reproj_err_px[i]),
+        )
+
+
+def _image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    width, height = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if not (width > 0 and height > 0):
+        raise ValueError(f"image_size must be positive (W or (W, H) in pixels), got {image_size!r}")
+    return int(width), int(height)
+
+
+class HeadPoseEstimator:
+    """Deep3DFace-compatible head pose from 5 MTCNN landmarks (module docstring).
+
+    template:           3D face template (``bfm``, ``synthetic`` or a ``FaceTemplate``).
+    calibration:        ``none``, ``synthetic`` (the correction fitted for ``template`` on synthetic heads)
+                        or a ``Calibration``.
+    intrinsics:         ``gmpi`` (GMPI's camera on the full image) or ``deep3dface`` (its aligned crop).
+    fov_deg:            horizontal field of view of the ``gmpi`` intrinsics (spec §1.2).
+    iterations:         Levenberg-Marquardt iterations per start.
+    min_spread_px:      landmarks whose RMS distance from their centroid is below this are degenerate.
+    min_aspect:         ... and so are landmarks whose minor/major spread ratio is below this (collinear).
+    max_relative_error: reprojection RMS above this fraction of the spread means "not a face".
+    max_angle_deg:      |yaw| or |pitch| above this is implausible (e.g. left/right landmarks swapped).
+    """
+
+    def __init__(
+        self,
+        template: str | FaceTemplate = "bfm",
+        calibration: str | Calibration = "none",
+        intrinsics: Intrinsics = "gmpi",
+        fov_deg: float = DEFAULT_FOV_DEG,
+        iterations: int = 30,
+        min_spread_px: float = 2.0,
+        min_aspect: float = 0.08,
+        max_relative_error: float = 0.25,
+        max_angle_deg: float = 89.0,
+    ) -> None:
+        self.template = get_template(template)
+        if intrinsics not in ("gmpi", "deep3dface"):
+            raise ValueError(f"unknown intrinsics '{intrinsics}'; choose 'gmpi' or 'deep3dface'")
+        if isinstance(calibration, Calibration):
+            self.calibration = calibration
+        elif calibration == "none":
+            self.calibration = NO_CALIBRATION
+        elif calibration == "synthetic":
+            key = (self.template.name, intrinsics)
+            if key not in SYNTHETIC_CALIBRATIONS:
+                raise ValueError(
+                    f"no synthetic calibration for template '{self.template.name}'; fit one with "
+                    f"fit_calibration or use calibration='none'"
+                )
+            self.calibration = SYNTHETIC_CALIBRATIONS[key]
+        else:
+            raise ValueError(
+                f"unknown calibration '{calibration}'; choose 'none', 'synthetic' or pass a Calibration "
+                f"('dataset-median' is a dataset-level option of run_poses)"
+            )
+        for what, fitted, used in (
+            ("template", self.calibration.template, self.template.name),
+            ("intrinsics", self.calibration.intrinsics, intrinsics),
+        ):
+            if fitted and fitted != used:
+                raise ValueError(
+                    f"calibration '{self.calibration.name}' was fitted with {what} '{fitted}', not '{used}'; "
+                    f"use the matching {what} or calibration='none'"
+                )
+        if not 0.0 < fov_deg < 180.0:
+            raise ValueError(f"fov_deg must lie in (0, 180) degrees, got {fov_deg}")
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        self.intrinsics: Intrinsics = intrinsics
+        self.fov_deg = float(fov_deg)
+        self.iterations = int(iterations)
+        self.min_spread_px = float(min_spread_px)
+        self.min_aspect = float(min_aspect)
+        self.max_relative_error = float(max_relative_error)
+        self.max_angle_deg = float(max_angle_deg)
+
+    def __repr__(self) -> str:
+        return (
+            f"HeadPoseEstimator(template='{self.template.name}', calibration='{self.calibration.name}', "
+            f"intrinsics='{self.intrinsics}', fov_deg={self.fov_deg})"
+        )
+
+    def settings(self) -> dict[str, object]:
+        """Everything that determines the output, for ``pose_estimator.json``."""
+        return {
+            "template": self.template.name,
+            "template_points": self.template.points.tolist(),
+            "calibration": asdict(self.calibration),
+            "intrinsics": self.intrinsics,
+            "fov_deg": self.fov_deg,
+            "iterations": self.iterations,
+            "min_spread_px": self.min_spread_px,
+            "min_aspect": self.min_aspect,
+            "max_relative_error": self.max_relative_error,
+            "max_angle_deg": self.max_angle_deg,
+        }
+
+    def _camera(self, points: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        if self.intrinsics == "deep3dface":
+            return deep3dface_crop_intrinsics(points)
+        focal = size[0] / (2.0 * math.tan(math.radians(self.fov_deg) / 2.0))  # spec §1.2
+        return np.full(len(points), focal), np.tile([size[0] / 2.0, size[1] / 2.0], (len(points), 1))
+
+    def _degenerate(self, points: np.ndarray) -> list[str | None]:
+        """Why each of landmarks [N, 5, 2] cannot be solved (None: it can)."""
+        finite = np.isfinite(points).all(axis=(1, 2))
+        centred = np.where(finite[:, None, None], points - points.mean(1, keepdims=True), 0.0)
+        spread = np.sqrt((centred**2).sum(2).mean(1))
+        sv = np.linalg.svd(centred, compute_uv=False)  # [N, 2]
+        aspect = sv[:, 1] / np.maximum(sv[:, 0], 1e-300)
+        reasons: list[str | None] = [None] * len(points)
+        for i in np.flatnonzero(~finite | (spread < self.min_spread_px) | (aspect < self.min_aspect)):
+            if not finite[i]:
+                reasons[i] = "landmarks contain non-finite values"
+            elif spread[i] < self.min_spread_px:
+                reasons[i] = f"landmarks coincide (spread {spread[i]:.2f} px < {self.min_spread_px:g} px)"
+            else:
+                reasons[i] = (
+                    f"landmarks are collinear (minor/major spread {aspect[i]:.3f} < {self.min_aspect:g})"
+                )
+        return reasons
+
+    def estimate_batch(self, landmarks: np.ndarray, image_size: int | tuple[int, int]) -> PoseBatch:
+        """Poses of landmarks [N, 5, 2] (pixel-edge coordinates, MTCNN order) in images of ``image_size``
+        (W or (W, H)); failures are reported per image, never raised."""
+        size = _image_size(image_size)
+        points = np.asarray(landmarks, np.float64)
+        if points.ndim != 3 or points.shape[1:] != (5, 2):
+            raise ValueError(f"landmarks must have shape [N, 5, 2] (x, y of 5 points), got {points.shape}")
+        n = len(points)
+        failure = self._degenerate(points)
+        ok = np.array([f is None for f in failure], bool)
+        angle, trans, rms = np.full((n, 3), np.nan), np.full((n, 3), np.nan), np.full(n, np.nan)
+        if ok.any():
+            good = points[ok]
+            focal, center = self._camera(good, size)
+            solution = solve_pnp(good, self.template.points, focal, center, self.iterations)
+            raw, t = camera_pose_to_deep3dface(solution.rot, solution.t)
+            angle[ok], trans[ok], rms[ok] = self.calibration.apply(raw), t, solution.rms_px
+            spread = np.sqrt(((good - good.mean(1, keepdims=True)) ** 2).sum(2).mean(1))
+            limit = math.radians(self.max_angle_deg)
+            behind = ~np.isfinite(solution.rms_px) | (solution.t[:, 2] <= 0.0)
+            implausible = (np.abs(raw[:, 0]) > limit) | (np.abs(raw[:, 1]) > limit)
+            misfit = solution.rms_px > self.max_relative_error * spread
+            for j in np.flatnonzero(behind | implausible | misfit):
+                if behind[j]:
+                    reason = "no pose puts the face in front of the camera"
+                elif implausible[j]:
+                    reason = (
+                        f"implausible head pose (yaw {-math.degrees(raw[j, 1]):.0f}°, pitch "
+                        f"{math.degrees(raw[j, 0]):.0f}°); are the landmarks in MTCNN order (left eye, right "
+                        f"eye, nose, mouth left, mouth right, 'left' = the image's left)?"
+                    )
+                else:
+                    reason = (
+                        f"reprojection error {solution.rms_px[j]:.2f} px exceeds {self.max_relative_error:g} "
+                        f"of the landmarks' spread ({spread[j]:.1f} px); the landmarks do not fit a face"
+                    )
+                failure[int(np.flatnonzero(ok)[j])] = reason
+        bad = np.array([f is not None for f in failure], bool)
+        angle[bad], trans[bad] = np.nan, np.nan
+        return PoseBatch(angle, trans, rms, failure)
+
+    def estimate(self, landmarks: np.ndarray, image_size: int | tuple[int, int]) -> PoseEstimate:
+        """Pose of landmarks [5, 2] (pixel-edge coordinates, MTCNN order); raises ``PoseEstimationError``."""
+        points = np.asarray(landmarks, np.float64)
+        if points.shape != (5, 2):
+            raise ValueError(f"landmarks must have shape [5, 2] (x, y of 5 points), got {points.shape}")
+        return self.estimate_batch(points[None], image_size).estimate(0)
+
+
+def estimate_pose(
+    landmarks: np.ndarray,
+    image_size: int | tuple[int, int],
+    template: str | FaceTemplate = "bfm",
+    calibration: str | Calibration = "none",
+    intrinsics: Intrinsics = "gmpi",
+    fov_deg: float = DEFAULT_FOV_DEG,
+) -> PoseEstimate:
+    """Head pose of one image's 5 landmarks [5, 2] (pixel-edge coordinates: x right, y down, origin at the
+    top-left image corner; MTCNN order) in an image of ``image_size`` (W or (W, H)); see
+    ``HeadPoseEstimator``. Raises ``PoseEstimationError`` with the reason when there is no usable pose."""
+    estimator = HeadPoseEstimator(template, calibration, intrinsics, fov_deg)
+    return estimator.estimate(landmarks, image_size)
+
+
+# --- the dataset step (spec §8.1, §8.2) ---------------------------------------------------------------------
+
+
+def read_landmark_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """Landmarks [5, 2] in pixel-edge coordinates from a detections file: five lines ``x<TAB>y`` of pixel
+    indices as MTCNN's scripts write them (spec §8.1), read as pixel centres (index + 0.5)."""
+    path = Path(path)
+    rows = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(rows) != 5 or any(len(r) != 2 for r in rows):
+        raise PoseEstimationError(
+            f"landmark file {path} has {len(rows)} non-empty lines; expected 5 lines 'x<TAB>y' (MTCNN order)"
+        )
+    try:
+        values = np.array([[float(v) for v in r] for r in rows], np.float64)
+    except ValueError:
+        raise PoseEstimationError(
+            f"landmark file {path} holds non-numeric values; expected 'x<TAB>y'"
+        ) from None
+    return values + 0.5
+
+
+class PoseRunSummary(NamedTuple):
+    """What ``run_poses`` did: ``images`` landmark files seen, ``written`` new .mat files, ``kept`` existing
+    ones (resume), ``landmark_failures`` images on the detections' fail list, ``pose_failures`` images the
+    solver refused, ``pitch_offset`` subtracted by ``dataset-median`` (radians), wall ``seconds``."""
+
+    out: Path
+    images: int
+    written: int
+    kept: int
+    landmark_failures: int
+    pose_failures: int
+    pitch_offset: float
+    seconds: float
+
+
+def _detections_dir(landmarks_dir: Path) -> Path:
+    for candidate in (landmarks_dir, landmarks_dir / "detections"):
+        if (candidate / "results").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"{landmarks_dir} has no results/ folder of landmark files; give the detections/ folder written by "
+        f"the landmark step (detections/results/<member>.txt, spec §8.1)"
+    )
+
+
+def _member_and_target(rel_txt: str, layout: Layout, image_ext: str) -> tuple[str, str]:
+    """(image name as the fail lists hold it, .mat path relative to the pose root) of a results/ file."""
+    stem = PurePosixPath(rel_txt).with_suffix("")
+    if layout == "ffhq":
+        return f"{stem}{image_ext}", f"{stem}.mat"
+    return f"{stem.name}{image_ext}", f"coeffs/{stem.name}.mat"
+
+
+def _write_mat_atomically(root: Path, target: Path, angle: np.ndarray, trans: np.ndarray) -> None:
+    from gmpi_core.data.poses import write_deep3dface_mat
+
+    staging = root / ".partial"
+    staging.mkdir(exist_ok=True)
+    tmp = write_deep3dface_mat(staging / f"{uuid.uuid4().hex}.mat", angle.tolist(), trans.tolist())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)
+
+
+def run_poses(
+    landmarks_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    layout: Layout = "ffhq",
+    resolution: int | tuple[int, int] = 256,
+    template: str | FaceTemplate = "bfm",
+    calibration: str | Calibration = "none",
+    intrinsics: Intrinsics = "gmpi",
+    fov_deg: float = DEFAULT_FOV_DEG,
+    image_ext: str = ".png",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PoseRunSummary:
+    """Estimate and write the pose of every image with landmarks (module docstring, "Dataset step").
+
+    landmarks_dir: the ``detections/`` folder of the landmark step (or its parent); out: the pose root;
+    layout: ``ffhq`` (``out/<member>.mat``) or ``metfaces`` (``out/coeffs/<stem>.mat``); resolution: the
+    images' size (W or (W, H)) the landmarks refer to; calibration: ``none``, ``synthetic``,
+    ``dataset-median`` or a ``Calibration``; image_ext: the images' extension in the fail lists.
+    Existing files are kept unless ``overwrite``; the settings must then match the earlier run's.
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    if layout not in ("ffhq", "metfaces"):
+        raise ValueError(f"unknown pose layout '{layout}'; choose one of ffhq, metfaces")
+    if not image_ext.startswith("."):
+        image_ext = "." + image_ext
+    size = _image_size(resolution)
+    recenter = calibration == "dataset-median"
+    estimator = HeadPoseEstimator(template, "none" if recenter else calibration, intrinsics, fov_deg)
+    detections = _detections_dir(Path(landmarks_dir))
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+
+    from gmpi_core.data.poses import read_fail_list
+
+    landmark_failed = read_fail_list(detections / "fail_list.txt")
+    results = detections / "results"
+    files = sorted(
+        (Path(d) / f).relative_to(results).as_posix()
+        for d, _, names in os.walk(results)
+        for f in names
+        if f.endswith(".txt")
+    )
+    members, targets, points, failure = [], [], [], {}
+    for rel in tqdm(files, disable=not progress, desc="gmpi prep poses: read", unit="img"):
+        member, target = _member_and_target(rel, layout, image_ext)
+        if member in landmark_failed:
+            continue
+        try:
+            points.append(read_landmark_file(results / rel))
+        except PoseEstimationError as e:
+            failure[member] = str(e)
+            points.append(np.full((5, 2), np.nan))
+        members.append(member)
+        targets.append(target)
+    if len(set(targets)) != len(targets):
+        raise ValueError(
+            f"{results} holds landmark files with the same stem in different folders; the metfaces layout "
+            f"keeps one flat coeffs/ folder — use layout='ffhq'"
+        )
+    batch = estimator.estimate_batch(np.reshape(points, (-1, 5, 2)), size)
+    angle = batch.angle
+    pitch_offset = 0.0
+    solved = np.array([f is None for f in batch.failure], bool)
+    if recenter and solved.any():
+        pitch_offset = float(np.median(angle[solved, 0]))
+        angle = angle - np.array([pitch_offset, 0.0, 0.0])
+    for i, reason in enumerate(batch.failure):
+        if reason is not None and members[i] not in failure:
+            failure[members[i]] = reason
+
+    settings = {
+        **estimator.settings(),
+        "calibration_mode": "dataset-median" if recenter else estimator.calibration.name,
+        "pitch_offset": pitch_offset,
+        "layout": layout,
+        "resolution": list(size),
+        "landmark_convention": "integer pixel index + 0.5",
+    }
+    settings_path = root / "pose_estimator.json"
+    if settings_path.is_file() and not overwrite:
+        previous = json.loads(settings_path.read_text(encoding="utf-8"))
+        if previous != json.loads(json.dumps(settings)):
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise ValueError(
+                f"{root} holds poses written with other settings (differing: {', '.join(changed)}); pass "
+                f"overwrite=True (--overwrite) to redo them all, or choose another output folder"
+            )
+    settings_path.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+
+    written = kept = 0
+    for i in tqdm(range(len(members)), disable=not progress, desc="gmpi prep poses: write", unit="img"):
+        if members[i] in failure:
+            continue
+        target = root / targets[i]
+        if target.is_file() and not overwrite:
+            kept += 1
+            continue
+        _write_mat_atomically(root, target, angle[i], batch.trans[i])
+        written += 1
+    shutil.rmtree(root / ".partial", ignore_errors=True)
+
+    names = sorted(landmark_failed) + sorted(failure)
+    (root / "fail_list.txt").write_text("".join(f"{n}\n" for n in names) or "\n", encoding="utf-8")
+    log = "".join(f"{m}\t{failure[m]}\n" for m in sorted(failure))
+    (root / "pose_failures.log").write_text(log, encoding="utf-8")
+    return PoseRunSummary(
+        root,
+        len(files),
+        written,
+        kept,
+        len(landmark_failed),
+        len(failure),
+        pitch_offset,
+        time.perf_counter() - start,
+    )
+
+
+# --- real Deep3DFaceRecon folders ---------------------------------------------------------------------------
+
+
+@dataclass
+class Deep3DFaceFolderReport:
+    """How a folder of Deep3DFaceRecon coefficient files fits a dataset (``validate_deep3dface_folder``)."""
+
+    root: Path
+    layout: str
+    images: int = 0
+    excluded: int = 0
+    usable: int = 0
+    missing: list[str] = field(default_factory=list)
+    malformed: list[tuple[str, str]] = field(default_factory=list)
+    unmatched_files: list[str] = field(default_factory=list)
+    unknown_fail_list_entries: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every image that is not excluded has a readable pose."""
+        return not self.missing and not self.malformed
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.root} ({self.layout} layout): {self.images} images, {self.excluded} on the fail list, "
+            f"{self.usable} with a valid pose, {len(self.missing)} missing, {len(self.malformed)} malformed, "
+            f"{len(self.unmatched_files)} .mat files without an image"
+        ]
+        lines += [f"  missing: {k}" for k in self.missing[:10]]
+        lines += [f"  malformed: {k}: {msg}" for k, msg in self.malformed[:10]]
+        lines += [f"  no image for: {k}" for k in self.unmatched_files[:10]]
+        if self.unknown_fail_list_entries:
+            lines.append(
+                f"  {len(self.unknown_fail_list_entries)} fail-list names match no image (e.g. "
+                f"'{self.unknown_fail_list_entries[0]}'); is it the fail list of this dataset and resolution?"
+            )
+        return "\n".join(lines)
+
+
+def validate_deep3dface_folder(
+    pose_root: str | os.PathLike[str],
+    images: str | os.PathLike[str] | Iterable[str],
+    layout: Layout = "ffhq",
+    check_contents: bool = True,
+) -> Deep3DFaceFolderReport:
+    """Check a folder of Deep3DFaceRecon coefficient files (ours or the real estimator's, spec §1.6, §8.2)
+    against a dataset: ``images`` is a dataset zip / image folder or the image keys themselves. Counts the
+    images, those excluded by ``fail_list.txt``, lists missing and malformed files (unreadable, ``angle`` or
+    ``trans`` not 3 finite numbers, any other Deep3DFace key with the wrong size) and files with no image."""
+    import scipy.io
+
+    from gmpi_core.data.datasets import ImageSource
+    from gmpi_core.data.poses import DEEP3DFACE_KEYS, Deep3DFacePoses, PoseError, read_deep3dface_angle_trans
+
+    keys = ImageSource(images).names if isinstance(images, str | os.PathLike) else sorted(images)
+    poses = Deep3DFacePoses(pose_root, radius=1.0, center_z=1.0, layout=layout)
+    report = Deep3DFaceFolderReport(Path(pose_root), layout, images=len(keys))
+    expected: set[str] = set()
+    for key in keys:
+        expected.add(poses.mat_path(key).relative_to(poses.root).as_posix())
+        if poses.is_excluded(key):
+            report.excluded += 1
+            continue
+        if not poses.has(key):
+            report.missing.append(key)
+            continue
+        if check_contents:
+            path = poses.mat_path(key)
+            try:
+                read_deep3dface_angle_trans(path)
+                mat = scipy.io.loadmat(str(path), variable_names=list(DEEP3DFACE_KEYS))
+            except PoseError as e:
+                report.malformed.append((key, str(e)))
+                continue
+            wrong = [
+                f"'{name}' has {np.size(mat[name])} values, expected {math.prod(shape)}"
+                for name, shape in DEEP3DFACE_KEYS.items()
+                if name in mat and np.size(mat[name]) != math.prod(shape)
+            ]
+            if wrong:
+                report.malformed.append((key, "; ".join(wrong)))
+                continue
+        report.usable += 1
+    report.unmatched_files = sorted(poses._present_files() - expected)
+    names = set(keys) if layout == "ffhq" else {PurePosixPath(k).name for k in keys}
+    report.unknown_fail_list_entries = sorted(poses.fail_list - names)
+    return report
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gmpi prep poses --landmarks DIR --out POSE_ROOT --layout ffhq|metfaces --resolution R``."""
+    parser = argparse.ArgumentParser(
+        prog="gmpi prep poses",
+        description="Head poses from 5 landmarks, written as Deep3DFaceRecon .mat files (spec §1.6, §8.2).",
+    )
+    parser.add_argument("--landmarks", help="the detections/ folder of the landmark step (results/*.txt)")
+    parser.add_argument("--out", required=True, help="pose root: <member>.mat (ffhq) or coeffs/<stem>.mat")
+    parser.add_argument("--layout", choices=["ffhq", "metfaces"], default="ffhq")
+    parser.add_argument("--resolution", type=int, help="image side in pixels the landmarks refer to")
+    parser.add_argument("--template", choices=["bfm", "synthetic"], default="bfm", help="3D face template")
+    parser.add_argument(
+        "--calibration",
+        choices=list(CALIBRATIONS),
+        default="none",
+        help="bias correction: none, synthetic (fitted on synthetic heads), dataset-median (median pitch 0)",
+    )
+    parser.add_argument("--intrinsics", choices=["gmpi", "deep3dface"], default="gmpi")
+    parser.add_argument(
+        "--fov", type=float, default=DEFAULT_FOV_DEG, help="field of view of --intrinsics gmpi"
+    )
+    parser.add_argument("--image-ext", default=".png", help="image extension used in the fail lists")
+    parser.add_argument("--overwrite", action="store_true", help="re-estimate and rewrite existing files")
+    parser.add_argument(
+        "--images", help="dataset zip or folder: validate the pose root against it afterwards"
+    )
+    parser.add_argument(
+        "--validate-only", action="store_true", help="only validate --out (e.g. real Deep3DFaceRecon output)"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.validate_only:
+        if not args.images:
+            parser.error("--validate-only needs --images DATASET (the zip or folder the poses belong to)")
+    elif not args.landmarks or not args.resolution:
+        parser.error("--landmarks DIR and --resolution R are required (or --validate-only with --images)")
+    try:
+        if not args.validate_only:
+            summary = run_poses(
+                args.landmarks, args.out, args.layout, args.resolution, args.template, args.calibration,
+                args.intrinsics, args.fov, args.image_ext, args.overwrite, not args.no_progress,
+            )  # fmt: skip
+            print(
+                f"[gmpi prep poses] {summary.images} landmark files: {summary.written} poses written, "
+                f"{summary.kept} kept, {summary.landmark_failures} without landmarks, "
+                f"{summary.pose_failures} refused (see {summary.out / 'pose_failures.log'}) "
+                f"in {summary.seconds:.1f} s"
+            )
+            if args.calibration == "dataset-median":
+                print(
+                    f"[gmpi prep poses] subtracted the median pitch {math.degrees(summary.pitch_offset):.2f}°"
+                )
+        if args.images:
+            report = validate_deep3dface_folder(args.out, args.images, args.layout)
+            print(report)
+            return 0 if report.ok else 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"gmpi prep poses: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
