@@ -37,6 +37,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -586,7 +587,8 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.out / "tb"))
-            except Exception:  # optional dependency: skip silently
+            except ImportError:  # tensorboard is a dependency; a broken install only loses the event files
+                warnings.warn("tensorboard is not importable: no TensorBoard event files", stacklevel=2)
                 self._tb = False
         return self._tb
 
@@ -724,6 +726,7 @@ class Trainer:
                 )
                 tiles = [to_uint8(im) for im in images]
                 written.append(save_png(out / f"{prefix}_fixed_ema.png", grid(tiles, ncols=ncols)))
+                self._log_images(written)
                 return written
             cam = self.cfg.camera
             offset = 0.3 if self.cfg.dataset.kind == "afhq" else 0.5
@@ -745,4 +748,18 @@ class Trainer:
             alpha_tiles = [to_uint8(p, (0.0, 1.0)) for p in first_mpi[:, 3:]]
             written.append(save_png(out / f"{prefix}_mpi_rgb.png", grid(rgb_tiles, ncols=cols, pad=1)))
             written.append(save_png(out / f"{prefix}_mpi_alpha.png", grid(alpha_tiles, ncols=cols, pad=1)))
+        self._log_images(written)
         return written
+
+    def _log_images(self, paths: list[Path]) -> None:
+        """The sample grids as TensorBoard images (``samples/fixed_ema`` ...) at the current step."""
+        tb = self._tensorboard()
+        if not tb:
+            return
+        from PIL import Image
+
+        for path in paths:
+            tag = "samples/" + path.stem.split("_", 1)[1]
+            with Image.open(path) as im:
+                tb.add_image(tag, np.asarray(im.convert("RGB")), self.step_idx, dataformats="HWC")
+        tb.flush()

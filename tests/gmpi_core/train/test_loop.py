@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -215,3 +216,30 @@ def test_stylegan2_pickle_init_copies_G_ema_and_D_by_name_and_rejects_a_mismatch
         Trainer(
             cfg.with_updates(generator={"channel_max": 16}), tmp_path / "bad", init=f"stylegan2_pkl:{pkl}"
         )
+
+
+def test_tensorboard_holds_the_losses_ema_decay_lighting_and_the_sample_grids(synthetic_data, tmp_path):
+    """Spec §6.9 logging: every logged scalar of log.jsonl is a TensorBoard scalar at the same step, and
+    the sample grids are TensorBoard images."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gmpi_core.train.loop import Trainer
+
+    t = Trainer(tiny_config(synthetic_data), tmp_path, device="cpu", progress=False, log_every=1)
+    t.train(until=2)
+    t.write_samples()
+    t.close()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = acc.Tags()
+    for key in ("loss_g", "loss_d", "r1", "ema_decay", "ka", "kd"):
+        assert f"train/{key}" in tags["scalars"], (key, tags["scalars"])
+    for r in records:
+        events = {e.step: e.value for e in acc.Scalars("train/loss_g")}
+        assert events[r["step"]] == pytest.approx(r["loss_g"], rel=1e-6)
+    assert {"samples/fixed_ema", "samples/tilted_ema", "samples/mpi_rgb", "samples/mpi_alpha"} <= set(
+        tags["images"]
+    )
+    image = acc.Images("samples/fixed_ema")[-1]
+    assert (image.step, image.width, image.height) == (2, 128, 128)
