@@ -48,8 +48,8 @@ case "$cmd" in
   demo) ensure_env; exec "$VENV/bin/gmpi" demo "$@" ;;
   test) ensure_env; exec "$VENV/bin/python" -m pytest -q "$@" ;;
   lint) ensure_env
-        "$VENV/bin/ruff" check gmpi_core tests scripts
-        "$VENV/bin/ruff" format --check gmpi_core tests scripts
+        "$VENV/bin/ruff" check gmpi_core services tests scripts docker
+        "$VENV/bin/ruff" format --check gmpi_core services tests scripts docker
         "$VENV/bin/mypy" gmpi_core ;;
   env)  ensure_env ;;
   *) echo "usage: scripts/dev.sh demo|test|lint|env [args...]" >&2; exit 2 ;;

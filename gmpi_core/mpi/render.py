@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from gmpi_core.camera import focal_from_fov, pixel_ray_directions
-from gmpi_core.ops._build import build_error, load_extension
+from gmpi_core.ops._build import ExtensionSpec, build_error, load_registered, register_extension
 
 __all__ = [
     "IMPLS",
@@ -52,6 +52,10 @@ IMPLS = ("auto", "fused", "reference")
 RAY_TOLERANCE = 1e-6
 TRANSMITTANCE_EPS = 1e-10  # spec §3.3
 _CSRC = Path(__file__).parent / "csrc"
+_CUDA_SPEC = register_extension(
+    ExtensionSpec("mpi_render_cuda", [_CSRC / "render_cuda_binding.cpp", _CSRC / "render_cuda.cu"], cuda=True)
+)
+_CPU_SPEC = register_extension(ExtensionSpec("mpi_render_cpu", [_CSRC / "render_cpu.cpp"]))
 
 
 class RayOutsideMPIError(ValueError):
@@ -261,11 +265,7 @@ class _CudaKernel:
         with self.lock:
             if self.state == "untried":
                 self.state = "disabled"
-                module = load_extension(
-                    "mpi_render_cuda",
-                    [_CSRC / "render_cuda_binding.cpp", _CSRC / "render_cuda.cu"],
-                    cuda=True,
-                )
+                module = load_registered(_CUDA_SPEC)
                 if module is not None:
                     self.module = module
                     self.state = "ready"  # so the self-check's own render calls can use it
@@ -286,7 +286,7 @@ _CUDA_KERNEL = _CudaKernel()
 
 
 def _cpu_kernel() -> ModuleType | None:
-    return load_extension("mpi_render_cpu", [_CSRC / "render_cpu.cpp"])
+    return load_registered(_CPU_SPEC)
 
 
 def _kernel_for(device: torch.device) -> ModuleType | None:

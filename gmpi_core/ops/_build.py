@@ -16,6 +16,8 @@ import hashlib
 import os
 import threading
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -24,6 +26,63 @@ import torch
 _lock = threading.Lock()
 _cache: dict[str, ModuleType | None] = {}
 _errors: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class ExtensionSpec:
+    """Everything ``load_extension`` needs to build one kernel; ``cuda_flags`` is called at build time
+    (it may run nvcc), so declaring a spec at import costs nothing."""
+
+    name: str
+    sources: list[Path]
+    cuda: bool = False
+    cuda_flags: Callable[[], list[str]] = field(default=list)
+
+
+_specs: dict[str, ExtensionSpec] = {}
+
+
+def register_extension(spec: ExtensionSpec) -> ExtensionSpec:
+    """Declare a kernel so that :func:`prebuild` can build it ahead of its first use."""
+    _specs[spec.name] = spec
+    return spec
+
+
+def load_registered(spec: ExtensionSpec) -> ModuleType | None:
+    """``load_extension`` for a registered spec (the one code path for first use and prebuild)."""
+    flags = spec.cuda_flags() if spec.cuda else None
+    return load_extension(spec.name, spec.sources, cuda=spec.cuda, extra_cuda_cflags=flags)
+
+
+def prebuild(cuda: bool = True) -> dict[str, str]:
+    """Build every fused extension into ``TORCH_EXTENSIONS_DIR`` now, without a GPU and without the
+    kernels' numerical self-checks (those run on first use on a GPU). For container builds:
+    ``TORCH_CUDA_ARCH_LIST=... python -c "from gmpi_core.ops._build import prebuild; prebuild()"``.
+    Returns ``{name: reason}`` for each extension that failed to build (empty: all built)."""
+    global _allow_without_gpu
+    import gmpi_core.mpi.render
+    import gmpi_core.ops.bias_act
+    import gmpi_core.ops.upfirdn2d  # noqa: F401
+
+    failed: dict[str, str] = {}
+    _allow_without_gpu = True
+    try:
+        for spec in _specs.values():
+            if spec.cuda and not cuda:
+                continue
+            with _lock:
+                _cache.pop(spec.name, None)
+                _errors.pop(spec.name, None)
+            if load_registered(spec) is None:
+                failed[spec.name] = _errors.get(spec.name, "disabled with GMPI_FUSED=0")
+            with _lock:  # a prebuilt module was never self-checked: first use must load and check it
+                _cache.pop(spec.name, None)
+    finally:
+        _allow_without_gpu = False
+    return failed
+
+
+_allow_without_gpu = False  # True only inside prebuild(): compile CUDA sources on a machine without a GPU
 
 
 def fused_enabled() -> bool:
@@ -55,7 +114,7 @@ def load_extension(
             return _cache[name]
         module: ModuleType | None = None
         try:
-            if cuda and not torch.cuda.is_available():
+            if cuda and not torch.cuda.is_available() and not _allow_without_gpu:
                 raise RuntimeError("CUDA is not available")
             from torch.utils import cpp_extension
 

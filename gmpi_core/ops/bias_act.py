@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gmpi_core.ops._build import load_extension
+from gmpi_core.ops._build import ExtensionSpec, load_registered, register_extension
 
 __all__ = ["ACTIVATIONS", "ActivationSpec", "bias_act"]
 
@@ -164,6 +164,7 @@ class _CheckedKernel:
     def __init__(self, name: str, sources: list[Path], self_check: Callable[[], str | None]) -> None:
         self.name = name
         self.sources = sources
+        self.spec = register_extension(ExtensionSpec(name, sources, cuda=True, cuda_flags=_cuda_arch_flags))
         self.self_check = self_check
         self.module: ModuleType | None = None
         self._state = "untried"  # untried -> checking -> ready | disabled
@@ -173,9 +174,7 @@ class _CheckedKernel:
         with self._lock:
             if self._state == "untried":
                 self._state = "checking"
-                self.module = load_extension(
-                    self.name, self.sources, cuda=True, extra_cuda_cflags=_cuda_arch_flags()
-                )
+                self.module = load_registered(self.spec)
                 problem = "build failed" if self.module is None else self._run_self_check()
                 if problem is None:
                     self._state = "ready"
