@@ -1,0 +1,83 @@
+"""The Celery app of every worker (and the client side of the gateway).
+
+    celery -A services.common.celery_app worker -Q train --concurrency 1 --hostname train@%h -l INFO
+
+Long GPU jobs (DESIGN.md, field notes §5): late acks, prefetch 1, a Redis visibility timeout above the
+longest task (``GMPI_VISIBILITY_TIMEOUT_S`` > ``GMPI_TASK_TIME_LIMIT_S``), hard/soft time limits, and
+re-queueing when a worker dies mid-task; task modules are imported by the worker only, so the gateway
+never imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready
+
+from services.common.settings import get_settings
+
+QUEUES = ("landmarks", "pose", "train", "eval", "render")
+TASK_MODULES = (
+    "services.landmarks.tasks",
+    "services.pose.tasks",
+    "services.trainer.tasks",
+    "services.evaluator.tasks",
+    "services.renderer.tasks",
+)
+# task name prefix -> queue
+ROUTES = {
+    "gmpi.landmarks.*": {"queue": "landmarks"},
+    "gmpi.pose.*": {"queue": "pose"},
+    "gmpi.train.*": {"queue": "train"},
+    "gmpi.eval.*": {"queue": "eval"},
+    "gmpi.render.*": {"queue": "render"},
+}
+
+
+def make_app() -> Celery:
+    s = get_settings()
+    if s.visibility_timeout_s <= s.task_time_limit_s:
+        raise ValueError(
+            f"GMPI_VISIBILITY_TIMEOUT_S ({s.visibility_timeout_s}) must exceed GMPI_TASK_TIME_LIMIT_S "
+            f"({s.task_time_limit_s}), else Redis re-delivers tasks that are still running"
+        )
+    app = Celery("gmpi", broker=s.redis_url, backend=s.redis_url, include=list(TASK_MODULES))
+    transport = {"visibility_timeout": s.visibility_timeout_s}
+    app.conf.update(
+        task_routes=ROUTES,
+        task_default_queue="render",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,  # a killed worker's task goes back to the queue (trainer resumes)
+        worker_prefetch_multiplier=1,
+        task_time_limit=s.task_time_limit_s,
+        task_soft_time_limit=max(1, s.task_time_limit_s - 60),
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        visibility_timeout=s.visibility_timeout_s,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=24 * 3600,
+        task_track_started=True,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        redis_backend_health_check_interval=10,
+        broker_heartbeat=0,
+    )
+    return app
+
+
+app = make_app()
+celery = app  # `celery -A services.common.celery_app` finds `app` or `celery`
+
+
+@worker_ready.connect
+def _start_orphan_reaper(sender: Any = None, **_: Any) -> None:
+    from services.common.jobs import get_job_store
+    from services.common.recovery import start_reaper
+
+    s = get_settings()
+    start_reaper(app, get_job_store(s.redis_url), s.orphan_after_s, s.orphan_check_s)

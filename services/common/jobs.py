@@ -1,0 +1,237 @@
+"""Job records in Redis: state, progress, timestamps, params, result, error, artifacts, metrics.
+
+One hash per job (``gmpi:job:{id}``; every field JSON-encoded) and a sorted set of all jobs by creation
+time. State changes go through a Lua script, so a terminal state (succeeded, failed, cancelled) is never
+overwritten by a late progress report; an idempotency key maps to the first job submitted with it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import redis
+
+from services.common.keys import new_id
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_TYPES: tuple[str, ...] = ("preprocess", "train", "evaluate", "render_video", "extract_mesh")
+IDEMPOTENCY_TTL_S = 24 * 3600
+_JSON_FIELDS = ("params", "progress", "result", "error", "artifacts", "metrics", "info")
+
+# KEYS[1] job hash; ARGV[1] new state, ARGV[2] now, ARGV[3] JSON of extra fields (already encoded values)
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return 'missing' end
+cur = cjson.decode(cur)
+if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return cur end
+local new = ARGV[1]
+local extra = cjson.decode(ARGV[3])
+redis.call('HSET', KEYS[1], 'state', cjson.encode(new), 'updated_at', ARGV[2])
+if new == 'running' and not redis.call('HGET', KEYS[1], 'started_at') then
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
+end
+if new == 'succeeded' or new == 'failed' or new == 'cancelled' then
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
+end
+for k, v in pairs(extra) do redis.call('HSET', KEYS[1], k, v) end
+return 'ok'
+"""
+
+# KEYS[1] job hash; ARGV: field/value pairs; only while the job is not terminal
+_UPDATE_LIVE = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return 'missing' end
+cur = cjson.decode(cur)
+if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return cur end
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 'ok'
+"""
+
+
+class JobNotFound(KeyError):
+    def __str__(self) -> str:
+        return f"no job '{self.args[0]}'"
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+class JobStore:
+    """Job records of one Redis database."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "gmpi") -> None:
+        self.r = client
+        self.prefix = prefix
+        self._transition = self.r.register_script(_TRANSITION)
+        self._update_live = self.r.register_script(_UPDATE_LIVE)
+
+    @classmethod
+    def from_url(cls, url: str) -> JobStore:
+        return cls(
+            redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        )
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    # -- create / read ------------------------------------------------------------------------------
+    def create(
+        self,
+        job_type: str,
+        params: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        job_id: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """→ (record, created). With an idempotency key seen before, the existing job and False."""
+        job_id = job_id or new_id("job")
+        if idempotency_key:
+            idem = f"{self.prefix}:idem:{owner or ''}:{idempotency_key}"
+            if not self.r.set(idem, job_id, nx=True, ex=IDEMPOTENCY_TTL_S):
+                existing = self.r.get(idem)
+                if existing is not None:
+                    try:
+                        return self.get(existing.decode()), False
+                    except JobNotFound:  # the record was removed; start over with this key
+                        self.r.set(idem, job_id, ex=IDEMPOTENCY_TTL_S)
+        now = _now()
+        record = {
+            "id": job_id,
+            "type": job_type,
+            "state": "queued",
+            "params": params,
+            "created_at": now,
+            "updated_at": now,
+            "progress": {"step": 0, "total": None, "eta_s": None, "message": "queued"},
+            "result": None,
+            "error": None,
+            "artifacts": [],
+            "metrics": {},
+            "info": {},
+            "attempts": 0,
+            "idempotency_key": idempotency_key,
+            "owner": owner,
+        }
+        pipe = self.r.pipeline()
+        pipe.hset(self._key(job_id), mapping={k: json.dumps(v) for k, v in record.items()})
+        pipe.zadd(self._index, {job_id: now})
+        pipe.execute()
+        return record, True
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        raw = self.r.hgetall(self._key(job_id))
+        if not raw:
+            raise JobNotFound(job_id)
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def state(self, job_id: str) -> str:
+        raw = self.r.hget(self._key(job_id), "state")
+        if raw is None:
+            raise JobNotFound(job_id)
+        return str(json.loads(raw))
+
+    def list(
+        self,
+        *,
+        job_type: str | None = None,
+        state: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Newest first, filtered; → (page, total matching)."""
+        ids = [i.decode() for i in self.r.zrevrange(self._index, 0, -1)]
+        matched = []
+        for job_id in ids:
+            try:
+                rec = self.get(job_id)
+            except JobNotFound:
+                continue
+            if job_type and rec["type"] != job_type:
+                continue
+            if state and rec["state"] != state:
+                continue
+            if owner is not None and rec.get("owner") not in (None, owner):
+                continue
+            matched.append(rec)
+        return matched[offset : offset + limit], len(matched)
+
+    # -- updates -----------------------------------------------------------------------------------
+    def transition(self, job_id: str, state: JobState, **fields: Any) -> bool:
+        """Move to ``state`` (with extra fields) unless the job already ended; → whether it moved."""
+        extra = {k: json.dumps(v) for k, v in fields.items()}
+        out = self._transition(keys=[self._key(job_id)], args=[state, _now(), json.dumps(extra)])
+        out = out.decode() if isinstance(out, bytes) else out
+        if out == "missing":
+            raise JobNotFound(job_id)
+        return out == "ok"
+
+    def update(self, job_id: str, **fields: Any) -> bool:
+        """Set fields while the job is live (not terminal); → False if it already ended."""
+        args: list[Any] = []
+        for k, v in {**fields, "updated_at": _now()}.items():
+            args += [k, json.dumps(v)]
+        out = self._update_live(keys=[self._key(job_id)], args=args)
+        out = out.decode() if isinstance(out, bytes) else out
+        if out == "missing":
+            raise JobNotFound(job_id)
+        return out == "ok"
+
+    def progress(self, job_id: str, step: int, total: int | None, message: str = "", **extra: Any) -> bool:
+        rec_started = self.r.hget(self._key(job_id), "started_at")
+        eta = None
+        if rec_started and total and step > 0:
+            elapsed = _now() - float(json.loads(rec_started))
+            eta = round(elapsed / step * max(0, total - step), 1)
+        return self.update(
+            job_id, progress={"step": step, "total": total, "eta_s": eta, "message": message, **extra}
+        )
+
+    def add_artifacts(self, job_id: str, keys: Iterable[str]) -> None:
+        rec = self.get(job_id)
+        merged = list(dict.fromkeys([*rec["artifacts"], *keys]))
+        self.r.hset(self._key(job_id), "artifacts", json.dumps(merged))
+
+    def merge_metrics(self, job_id: str, metrics: dict[str, Any]) -> None:
+        rec = self.get(job_id)
+        self.r.hset(self._key(job_id), "metrics", json.dumps({**rec["metrics"], **metrics}))
+
+    def merge_info(self, job_id: str, info: dict[str, Any]) -> None:
+        rec = self.get(job_id)
+        self.r.hset(self._key(job_id), "info", json.dumps({**rec["info"], **info}))
+
+    def incr_attempts(self, job_id: str) -> int:
+        rec = self.get(job_id)
+        n = int(rec.get("attempts") or 0) + 1
+        self.r.hset(self._key(job_id), "attempts", json.dumps(n))
+        return n
+
+    def incr_counter(self, job_id: str, name: str, by: int = 1) -> int:
+        return int(self.r.hincrby(f"{self._key(job_id)}:counters", name, by))
+
+    def is_cancelled(self, job_id: str) -> bool:
+        try:
+            return self.state(job_id) == "cancelled"
+        except JobNotFound:
+            return True
+
+    def delete(self, job_id: str) -> None:
+        self.r.delete(self._key(job_id), f"{self._key(job_id)}:counters")
+        self.r.zrem(self._index, job_id)
+
+
+def get_job_store(url: str | None = None) -> JobStore:
+    from services.common.settings import get_settings
+
+    return JobStore.from_url(url or get_settings().redis_url)

@@ -1,0 +1,81 @@
+"""Every setting of the service stack, read once from ``GMPI_*`` variables (table: services/README.md)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GMPI_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    redis_url: str = "redis://localhost:6379/0"
+
+    storage: Literal["s3", "dir"] = "s3"
+    storage_dir: str = "/var/lib/gmpi/storage"
+    s3_endpoint: str = "localhost:9000"
+    s3_public_endpoint: str = ""  # empty: same as s3_endpoint
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "gmpi"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    presign_expiry_s: int = Field(3600, ge=1, le=604_800)
+
+    api_keys: str = ""  # comma-separated
+    auth_disabled: bool = False
+    render_rate_limit: int = Field(120, ge=1, description="render requests per minute per API key")
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1)
+    render_timeout_s: float = 30.0
+
+    cache_dir: str = "/var/cache/gmpi"
+    train_nproc: str = "auto"
+    task_time_limit_s: int = Field(24 * 3600, ge=10)
+    visibility_timeout_s: int = Field(26 * 3600, ge=10)
+    landmark_chunk_size: int = Field(256, ge=1)
+    render_cache_models: int = Field(4, ge=1)
+    render_cache_mpis: int = Field(64, ge=1)
+    orphan_after_s: float = Field(120.0, ge=1, description="heartbeat age after which a task is re-queued")
+    orphan_check_s: float = Field(15.0, ge=0.5)
+
+    k8s_enabled: bool = False
+    k8s_namespace: str = "gmpi"
+
+    @field_validator("train_nproc")
+    @classmethod
+    def _check_nproc(cls, value: str) -> str:
+        if value != "auto" and not (value.isdigit() and int(value) >= 1):
+            raise ValueError(f"GMPI_TRAIN_NPROC must be 'auto' or an integer >= 1, got {value!r}")
+        return value
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def public_endpoint(self) -> str:
+        return self.s3_public_endpoint or self.s3_endpoint
+
+    def resolved_train_nproc(self) -> int:
+        """``auto``: the visible GPUs (CUDA_VISIBLE_DEVICES, else nvidia device nodes), 1 on CPU."""
+        if self.train_nproc != "auto":
+            return int(self.train_nproc)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            return max(1, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+        try:
+            return max(1, len([n for n in os.listdir("/dev") if n.startswith("nvidia") and n[6:].isdigit()]))
+        except OSError:
+            return 1
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests clear the cache with ``get_settings.cache_clear()``)."""
+    return Settings()

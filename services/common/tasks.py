@@ -1,0 +1,167 @@
+"""What every job task shares: the job lifecycle around the library call, heartbeats, cancellation,
+retries with backoff for transient storage/broker errors, and the local cache.
+
+A task is ``@job_task(name)`` over ``fn(ctx: JobContext) -> result``; the wrapper marks the job running,
+beats a heartbeat into the record (so ``recovery`` can re-queue the task of a worker that died), watches
+for cancellation, and records success or a failure with its message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from services.common.celery_app import app
+from services.common.jobs import JobNotFound, JobStore, get_job_store
+from services.common.settings import Settings, get_settings
+from services.common.storage import Storage, StorageUnavailable, get_storage
+
+log = logging.getLogger("gmpi.tasks")
+HEARTBEAT_S = 3.0
+TRANSIENT: tuple[type[BaseException], ...] = (StorageUnavailable, redis.ConnectionError, redis.TimeoutError)
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while this task ran."""
+
+
+class JobInputError(ValueError):
+    """The job cannot run with its inputs (missing dataset, bad model); not retried."""
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    params: dict[str, Any]
+    jobs: JobStore
+    storage: Storage
+    settings: Settings
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def work_dir(self) -> Path:
+        """A per-job scratch folder under the cache dir (kept across re-deliveries of the same job)."""
+        d = Path(self.settings.cache_dir) / "jobs" / self.job_id
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set() or self.jobs.is_cancelled(self.job_id):
+            self.cancelled.set()
+            raise JobCancelled(self.job_id)
+
+    def progress(self, step: int, total: int | None, message: str = "", **extra: Any) -> None:
+        if not self.jobs.progress(self.job_id, step, total, message, **extra):
+            self.cancelled.set()
+
+
+def _interrupt(thread_id: int, lock: threading.Lock, stop: threading.Event) -> None:
+    """Raise JobCancelled in the task's thread (at its next bytecode), so library calls stop too."""
+    with lock:
+        if not stop.is_set():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(thread_id), ctypes.py_object(JobCancelled)
+            )
+
+
+def _heartbeat(ctx: JobContext, stop: threading.Event, thread_id: int, lock: threading.Lock) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            if not ctx.jobs.update(ctx.job_id, heartbeat_at=time.time()):
+                ctx.cancelled.set()  # terminal already: cancelled from the API
+        except Exception as exc:  # Redis briefly away: keep beating
+            log.warning("heartbeat for %s failed: %s", ctx.job_id, exc)
+        if ctx.cancelled.is_set():
+            _interrupt(thread_id, lock, stop)
+            return
+
+
+def run_job(job_id: str, fn: Callable[[JobContext], Any], *, final: bool = True) -> Any:
+    """Run ``fn`` as the body of job ``job_id``; with ``final`` the job ends when ``fn`` returns."""
+    settings = get_settings()
+    jobs = get_job_store(settings.redis_url)
+    try:
+        rec = jobs.get(job_id)
+    except JobNotFound:
+        log.warning("job %s has no record; dropping the task", job_id)
+        return None
+    if rec["state"] in ("succeeded", "failed", "cancelled"):
+        log.info("job %s already %s; nothing to do", job_id, rec["state"])
+        return rec.get("result")
+    ctx = JobContext(job_id, rec["params"], jobs, get_storage(settings), settings)
+    jobs.transition(job_id, "running", heartbeat_at=time.time())
+    jobs.incr_attempts(job_id)
+    stop, lock = threading.Event(), threading.Lock()
+    beat = threading.Thread(
+        target=_heartbeat,
+        args=(ctx, stop, threading.get_ident(), lock),
+        daemon=True,
+        name=f"heartbeat-{job_id}",
+    )
+    beat.start()
+    try:
+        try:
+            result = fn(ctx)
+        finally:
+            with lock:
+                stop.set()
+    except JobCancelled:
+        log.info("job %s cancelled", job_id)
+        return None
+    except TRANSIENT:
+        raise  # Celery retries with backoff (autoretry_for); the job stays running
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        code = (
+            "invalid_input" if isinstance(exc, (JobInputError, ValueError, FileNotFoundError)) else "internal"
+        )
+        jobs.transition(
+            job_id,
+            "failed",
+            error={
+                "code": code,
+                "message": str(exc) or type(exc).__name__,
+                "details": traceback.format_exc()[-2000:],
+            },
+        )
+        return None
+    if final:
+        jobs.transition(job_id, "succeeded", result=result)
+    return result
+
+
+def job_task(name: str, **options: Any) -> Callable[[Callable[[JobContext], Any]], Any]:
+    """Register ``fn(ctx)`` as Celery task ``name`` taking ``job_id`` (retries transient errors)."""
+
+    def wrap(fn: Callable[[JobContext], Any]) -> Any:
+        @app.task(
+            name=name,
+            bind=True,
+            autoretry_for=TRANSIENT,
+            retry_backoff=2,
+            retry_backoff_max=60,
+            retry_jitter=True,
+            max_retries=8,
+            **options,
+        )
+        def task(self: Any, job_id: str) -> Any:
+            return run_job(job_id, fn)
+
+        task.__doc__ = fn.__doc__
+        return task
+
+    return wrap
+
+
+def clear_work_dir(ctx: JobContext) -> None:
+    shutil.rmtree(ctx.work_dir, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Evaluation worker (queue ``eval``): the metric protocol of ``gmpi_core.eval`` → ``report.json``."""

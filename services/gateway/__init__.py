@@ -1,0 +1,1 @@
+"""The REST gateway (FastAPI): datasets, jobs, models, sync renders, health and metrics."""

@@ -1,0 +1,70 @@
+"""The FastAPI application: routers per resource, one error format, request metrics, the web viewer."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import Counter, Histogram
+
+from services.common.settings import get_settings
+from services.gateway import errors
+from services.gateway.routes import datasets, files, health, jobs, models
+
+STATIC = Path(__file__).parent / "static"
+REQUESTS = Counter("gmpi_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("gmpi_http_request_seconds", "HTTP request latency", ["method", "route"])
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        from services.common.storage import get_storage
+
+        try:
+            get_storage(settings).ensure_ready()
+        except Exception as exc:  # /readyz reports it; the gateway still starts
+            errors.log.warning("storage not ready at startup: %s", exc)
+        yield
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="GMPI",
+        version="0.1.0",
+        description="Generative Multiplane Images: datasets, preprocessing, training, evaluation, rendering. "
+        'Authenticate with the X-API-Key header. Errors: {"error": {"code", "message", "details"}}.',
+    )
+    errors.install(app)
+    for r in (health.router, datasets.router, jobs.router, models.router, files.router):
+        app.include_router(r)
+
+    @app.middleware("http")
+    async def _metrics(request: Request, call_next):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        LATENCY.labels(request.method, path).observe(time.perf_counter() - t0)
+        return response
+
+    if (STATIC / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def index() -> FileResponse:
+            return FileResponse(STATIC / "index.html")
+    else:
+
+        @app.get("/", include_in_schema=False)
+        def no_viewer() -> JSONResponse:
+            return JSONResponse({"service": "gmpi", "docs": "/docs", "viewer": "not installed"})
+
+    return app

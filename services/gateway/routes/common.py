@@ -1,0 +1,52 @@
+"""Helpers the routes share."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from services.common.jobs import JobStore
+from services.common.keys import InvalidKeyError, validate_id
+from services.common.storage import Storage
+from services.gateway.errors import ApiError
+from services.gateway.schemas import Artifact, Job
+
+
+def check_id(value: str, what: str) -> str:
+    try:
+        return validate_id(value, what=what)
+    except InvalidKeyError as e:
+        raise ApiError(422, "invalid_id", str(e), {"field": what}) from e
+
+
+def artifact_url(storage: Storage, key: str) -> str:
+    return storage.presigned_get(key) or f"/v1/files/{quote(key)}"
+
+
+def job_view(rec: dict[str, Any], storage: Storage | None = None) -> Job:
+    artifacts = []
+    for key in rec.get("artifacts") or []:
+        if storage is None:
+            artifacts.append(Artifact(key=key, url=f"/v1/files/{quote(key)}"))
+            continue
+        info = storage.stat(key)
+        if info is None:
+            continue
+        artifacts.append(
+            Artifact(key=key, size=info.size, sha256=info.sha256 or None, url=artifact_url(storage, key))
+        )
+    data = {k: rec.get(k) for k in Job.model_fields if k != "artifacts"}
+    data["metrics"] = rec.get("metrics") or {}
+    data["info"] = rec.get("info") or {}
+    data["attempts"] = rec.get("attempts") or 0
+    return Job(**data, artifacts=artifacts)
+
+
+def get_job_or_404(jobs: JobStore, job_id: str) -> dict[str, Any]:
+    from services.common.jobs import JobNotFound
+
+    check_id(job_id, "job_id")
+    try:
+        return jobs.get(job_id)
+    except JobNotFound as e:
+        raise ApiError(404, "not_found", f"no job '{job_id}'") from e

@@ -1,0 +1,120 @@
+"""``/v1/jobs``: submit typed jobs (idempotent with ``Idempotency-Key``), list, get, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Header, Query, status
+
+from services.common.jobs import TERMINAL
+from services.common.keys import dataset_prefix
+from services.common.storage import Storage
+from services.gateway.deps import ApiKey, CeleryDep, JobsDep, StorageDep
+from services.gateway.errors import ERROR_RESPONSES, ApiError
+from services.gateway.routes.common import get_job_or_404, job_view
+from services.gateway.schemas import Job, JobList, JobSubmit
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+ENTRY_TASK = {
+    "preprocess": "gmpi.landmarks.start",
+    "train": "gmpi.train.run",
+    "evaluate": "gmpi.eval.run",
+    "render_video": "gmpi.render.video",
+    "extract_mesh": "gmpi.render.mesh",
+}
+
+
+def _require_dataset(storage: Storage, dataset_id: str | None, field: str = "params.dataset_id") -> None:
+    if dataset_id and not storage.exists(dataset_prefix(dataset_id) + "dataset.json"):
+        raise ApiError(
+            422, "unknown_dataset", f"invalid field '{field}': no dataset '{dataset_id}'", {"field": field}
+        )
+
+
+def _require_model(storage: Storage, model_id: str) -> None:
+    if not storage.exists(f"models/{model_id}/manifest.json"):
+        raise ApiError(
+            422,
+            "unknown_model",
+            f"invalid field 'params.model_id': no model '{model_id}'",
+            {"field": "params.model_id"},
+        )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="submit a job (202; the same job again for a seen Idempotency-Key)",
+)
+def submit_job(
+    body: Annotated[JobSubmit, Body()],
+    key: ApiKey,
+    jobs: JobsDep,
+    storage: StorageDep,
+    celery: CeleryDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
+) -> Job:
+    params: dict[str, Any] = body.params.model_dump(mode="json")
+    if body.type == "preprocess":
+        _require_dataset(storage, params["dataset_id"])
+        if not (
+            storage.exists(dataset_prefix(params["dataset_id"]) + "images.zip")
+            or storage.list(dataset_prefix(params["dataset_id"]) + "images/")
+        ):
+            raise ApiError(
+                422,
+                "no_images",
+                f"dataset '{params['dataset_id']}' has no images yet; upload them first",
+                {"field": "params.dataset_id"},
+            )
+    elif body.type == "train":
+        _require_dataset(storage, params["dataset_id"])
+        params["model_id"] = f"model-{uuid.uuid4().hex[:20]}"
+    elif body.type == "evaluate":
+        _require_model(storage, params["model_id"])
+        _require_dataset(storage, params.get("dataset_id"))
+        params["options"] = body.params.options()  # type: ignore[union-attr]
+        params["options"]["metrics"] = list(params["options"]["metrics"])
+    else:
+        _require_model(storage, params["model_id"])
+    rec, created = jobs.create(body.type, params, idempotency_key=idempotency_key, owner=key)
+    if created:
+        celery.send_task(ENTRY_TASK[body.type], kwargs={"job_id": rec["id"]})
+    return job_view(rec, storage)
+
+
+@router.get("", summary="list jobs, newest first")
+def list_jobs(
+    _: ApiKey,
+    jobs: JobsDep,
+    type: Annotated[
+        Literal["preprocess", "train", "evaluate", "render_video", "extract_mesh"] | None, Query()
+    ] = None,
+    state: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> JobList:
+    items, total = jobs.list(job_type=type, state=state, limit=limit, offset=offset)
+    return JobList(items=[job_view(r) for r in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", summary="a job with progress, metrics and presigned artifact URLs")
+def get_job(job_id: str, _: ApiKey, jobs: JobsDep, storage: StorageDep) -> Job:
+    return job_view(get_job_or_404(jobs, job_id), storage)
+
+
+@router.delete(
+    "/{job_id}",
+    summary="cancel a job (its processes are stopped)",
+    responses={409: {"description": "already finished"}},
+)
+def cancel_job(job_id: str, _: ApiKey, jobs: JobsDep, storage: StorageDep) -> Job:
+    rec = get_job_or_404(jobs, job_id)
+    if rec["state"] in TERMINAL:
+        raise ApiError(409, "job_finished", f"job '{job_id}' already {rec['state']}; nothing to cancel")
+    jobs.transition(
+        job_id, "cancelled", error={"code": "cancelled", "message": "cancelled by request", "details": None}
+    )
+    return job_view(jobs.get(job_id), storage)

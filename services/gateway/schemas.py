@@ -1,0 +1,249 @@
+"""Request and response bodies of the REST API (separate from the domain code)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from gmpi_core.config import PRESETS
+
+Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="a lower-case slug id")]
+_METRICS = ("fid", "kid", "identity", "depth", "pose")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+class DatasetCreate(Strict):
+    name: str = Field("", max_length=100, description="a label for people")
+
+
+class Dataset(BaseModel):
+    id: str
+    name: str
+    created_at: float
+    images: str | None = Field(None, description="store key of the images (images.zip or images/)")
+    size: int | None = None
+    sha256: str | None = None
+    landmarks: int = 0
+    poses: int = 0
+
+
+class DatasetList(BaseModel):
+    items: list[Dataset]
+
+
+class UploadUrl(BaseModel):
+    url: str
+    method: Literal["PUT"] = "PUT"
+    key: str
+    expires_in: int
+
+
+class RegisterPrefix(Strict):
+    prefix: str = Field(
+        ..., min_length=1, max_length=512, description="existing bucket prefix holding images.zip or images/"
+    )
+
+
+# --- jobs -------------------------------------------------------------------------------------------------
+class PoseOptions(Strict):
+    template: Literal["bfm", "synthetic"] = "bfm"
+    calibration: Literal["none", "synthetic"] = "none"
+    intrinsics: Literal["gmpi", "deep3dface"] = "gmpi"
+
+
+class PreprocessParams(Strict):
+    dataset_id: Id
+    chunk_size: int | None = Field(None, ge=1, le=100_000, description="images per chunk task")
+    resolution: int | None = Field(
+        None, ge=16, le=4096, description="image side (default: read from the data)"
+    )
+    pose: PoseOptions = PoseOptions()
+
+
+class TrainParams(Strict):
+    dataset_id: Id
+    preset: str = Field("synthetic32", description="an experiment preset of gmpi_core.config")
+    steps: int = Field(..., ge=1, le=10_000_000)
+    ckpt_every: int = Field(500, ge=1, le=1_000_000)
+    log_every: int = Field(10, ge=1, le=100_000)
+    batch: int | None = Field(None, ge=1, le=1024)
+    planes: int | None = Field(None, ge=2, le=256)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    use_poses: bool = Field(True, description="condition on datasets/{id}/poses if present")
+    gpus: int | None = Field(None, ge=1, le=1024, description="GPUs wanted (above one node's: Kubernetes)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset '{v}'; choose one of {', '.join(PRESETS)}")
+        return v
+
+
+class EvalParams(Strict):
+    model_id: Id
+    dataset_id: Id | None = Field(None, description="real images for FID/KID")
+    metrics: list[Literal["fid", "kid", "identity", "depth", "pose"]] = Field(
+        default_factory=lambda: list(_METRICS), min_length=1
+    )
+    debug: bool = Field(False, description="the protocol's small debug counts")
+    n_fid: int | None = Field(None, ge=2, le=100_000)
+    n_real: int | None = Field(None, ge=2, le=100_000)
+    n_identity: int | None = Field(None, ge=1, le=100_000)
+    n_geometry: int | None = Field(None, ge=1, le=100_000)
+    n_planes: int | None = Field(None, ge=2, le=256)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    kid_subsets: int | None = Field(None, ge=1, le=1000)
+    kid_subset_size: int | None = Field(None, ge=1, le=100_000)
+
+    def options(self) -> dict[str, Any]:
+        out = self.model_dump(exclude={"model_id", "dataset_id"}, exclude_none=True)
+        out["metrics"] = tuple(out["metrics"])
+        return out
+
+
+class VideoParams(Strict):
+    model_id: Id
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    psi: float = Field(1.0, ge=0.0, le=2.0)
+    planes: int | None = Field(None, ge=2, le=256)
+    sweep: Literal["horizontal", "vertical"] = "horizontal"
+    frames: int = Field(30, ge=2, le=600)
+    size: int | None = Field(None, ge=16, le=2048)
+    formats: list[Literal["mp4", "gif"]] = Field(default_factory=lambda: ["mp4"], min_length=1, max_length=2)
+
+
+class MeshParams(Strict):
+    model_id: Id
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    psi: float = Field(1.0, ge=0.0, le=2.0)
+
+
+class PreprocessJob(Strict):
+    type: Literal["preprocess"]
+    params: PreprocessParams
+
+
+class TrainJob(Strict):
+    type: Literal["train"]
+    params: TrainParams
+
+
+class EvalJob(Strict):
+    type: Literal["evaluate"]
+    params: EvalParams
+
+
+class VideoJob(Strict):
+    type: Literal["render_video"]
+    params: VideoParams
+
+
+class MeshJob(Strict):
+    type: Literal["extract_mesh"]
+    params: MeshParams
+
+
+JobSubmit = Annotated[PreprocessJob | TrainJob | EvalJob | VideoJob | MeshJob, Field(discriminator="type")]
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int | None = None
+    eta_s: float | None = None
+    message: str = ""
+
+
+class Artifact(BaseModel):
+    key: str
+    size: int | None = None
+    sha256: str | None = None
+    url: str = Field(..., description="presigned GET URL (S3) or a gateway download path")
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class Job(BaseModel):
+    id: str
+    type: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    params: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float | None = None
+    progress: Progress
+    result: Any = None
+    error: JobError | None = None
+    metrics: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    attempts: int = 0
+    artifacts: list[Artifact] = []
+
+
+class JobList(BaseModel):
+    items: list[Job]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- models -----------------------------------------------------------------------------------------------
+class Model(BaseModel):
+    id: str
+    source: str | None = None
+    preset: str | None = None
+    committed_utc: str | None = None
+    job_id: str | None = None
+    dataset_id: str | None = None
+    steps: int | None = None
+    files: dict[str, Any] = {}
+
+
+class ModelList(BaseModel):
+    items: list[Model]
+
+
+class RenderRequest(Strict):
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    yaw: float = Field(0.0, ge=-math.pi / 2, le=math.pi / 2, description="radians, 0 = frontal")
+    pitch: float = Field(0.0, ge=-math.pi / 4, le=math.pi / 4, description="radians")
+    psi: float = Field(1.0, ge=0.0, le=2.0, description="truncation ψ")
+    planes: int | None = Field(None, ge=2, le=128)
+    size: int | None = Field(None, ge=16, le=1024, description="output side in pixels")
+    kind: Literal["rgb", "depth"] = Field("rgb", validation_alias=AliasChoices("kind", "output"))
+
+
+class MpiPlane(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    index: int
+    depth: float
+    height: float
+    width: float
+    file: str
+    url: str = Field(..., description="same-origin gateway URL of the texture (send X-API-Key)")
+    presigned_url: str | None = Field(None, description="direct object-store URL (S3 backend)")
+
+
+class MpiExport(BaseModel):
+    """``mpi.json`` of ``gmpi_core.render.export`` (all its fields), each plane with its URLs."""
+
+    model_config = ConfigDict(extra="allow")
+    model_id: str
+    key: str = Field(..., description="store prefix of the export")
+    format: str
+    n_planes: int
+    texture_size: int
+    camera: dict[str, Any]
+    planes: list[MpiPlane]

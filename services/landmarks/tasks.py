@@ -1,0 +1,127 @@
+"""``preprocess`` jobs, first half: list the images, detect landmarks chunk by chunk (a chord), merge.
+
+Outputs (seed layout, DESIGN.md): ``datasets/{id}/landmarks/detections/results/<member>.txt`` and
+``.../detections/fail_list.txt``. Each finished chunk leaves a marker
+``jobs/{job}/landmark-chunks/NNNNN.json`` (its failures), so a re-delivered or re-run job skips
+the chunks already done.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from celery import chord
+
+from services.common.artifacts import fetch_dataset_images
+from services.common.celery_app import app
+from services.common.keys import dataset_prefix, job_prefix
+from services.common.tasks import TRANSIENT, JobContext, JobInputError, run_job
+
+RESULTS = "landmarks/detections/results/"
+FAIL_LIST = "landmarks/detections/fail_list.txt"
+_RETRY = dict(bind=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=8)
+
+
+def _image_names(source: Path) -> list[str]:
+    from gmpi_core.data.datasets import ImageSource
+
+    return list(ImageSource(source).names)
+
+
+def _chunk_marker(job_id: str, index: int, stage: str) -> str:
+    return f"{job_prefix(job_id)}{stage}-chunks/{index:05d}.json"
+
+
+def _extract(source: Path, names: list[str], dest: Path) -> None:
+    from gmpi_core.data.datasets import ImageSource
+
+    src = ImageSource(source)
+    for name in names:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(src.read_bytes(name))
+
+
+def _start(ctx: JobContext) -> dict[str, Any]:
+    dataset_id = ctx.params["dataset_id"]
+    source = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, dataset_id)
+    try:
+        names = _image_names(source)
+    except (zipfile.BadZipFile, ValueError) as e:
+        raise JobInputError(f"dataset '{dataset_id}': cannot read its images ({e})") from e
+    if not names:
+        raise JobInputError(f"dataset '{dataset_id}' holds no images")
+    size = int(ctx.params.get("chunk_size") or ctx.settings.landmark_chunk_size)
+    chunks = [names[a : a + size] for a in range(0, len(names), size)]
+    ctx.jobs.merge_info(ctx.job_id, {"images": len(names), "chunks": len(chunks)})
+    ctx.progress(0, 2 * len(chunks), f"landmarks: {len(chunks)} chunks of up to {size} images")
+    header = [landmarks_chunk.si(ctx.job_id, i, chunk) for i, chunk in enumerate(chunks)]
+    chord(header)(landmarks_done.si(ctx.job_id, len(chunks)))
+    return {"chunks": len(chunks)}
+
+
+@app.task(name="gmpi.landmarks.start", **_RETRY)
+def start(self: Any, job_id: str) -> Any:
+    """Entry of a ``preprocess`` job: split the images into chunks and fan out."""
+    return run_job(job_id, _start, final=False)
+
+
+def _chunk(ctx: JobContext, index: int, names: list[str]) -> dict[str, Any]:
+    from gmpi_core.preprocess.landmarks import run_landmarks
+
+    marker = _chunk_marker(ctx.job_id, index, "landmark")
+    if ctx.storage.exists(marker):
+        return ctx.storage.get_json(marker)
+    ctx.check_cancelled()
+    prefix = dataset_prefix(ctx.params["dataset_id"])
+    source = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir, prefix=f"lm{index:05d}-") as tmp:
+        images, out = Path(tmp) / "images", Path(tmp) / "out"
+        _extract(source, names, images)
+        run_landmarks(images, out, progress=False, batch=16)
+        results = out / "detections" / "results"
+        done = []
+        for txt in sorted(results.rglob("*.txt")):
+            rel = txt.relative_to(results).as_posix()
+            ctx.storage.put_file(prefix + RESULTS + rel, txt, "text/plain")
+            done.append(rel)
+    found = set(done)
+    failed = sorted(n for n in names if n.rsplit(".", 1)[0] + ".txt" not in found)
+    summary = {"index": index, "images": len(names), "detected": len(done), "failed": failed}
+    ctx.storage.put_json(marker, summary)
+    step = ctx.jobs.incr_counter(ctx.job_id, "chunks_done")
+    info = ctx.jobs.get(ctx.job_id)["info"]
+    ctx.progress(step, 2 * int(info.get("chunks", 1)), f"landmarks: chunk {index} done")
+    return summary
+
+
+@app.task(name="gmpi.landmarks.chunk", **_RETRY)
+def landmarks_chunk(self: Any, job_id: str, index: int, names: list[str]) -> Any:
+    return run_job(job_id, lambda ctx: _chunk(ctx, index, names), final=False)
+
+
+def _done(ctx: JobContext, n_chunks: int) -> dict[str, Any]:
+    from services.pose.tasks import fan_out_poses
+
+    failed: list[str] = []
+    detected = 0
+    for i in range(n_chunks):
+        marker = ctx.storage.get_json(_chunk_marker(ctx.job_id, i, "landmark"))
+        failed += marker["failed"]
+        detected += marker["detected"]
+    prefix = dataset_prefix(ctx.params["dataset_id"])
+    text = "".join(f"{m}\n" for m in sorted(failed)) or "\n"
+    ctx.storage.put_bytes(prefix + FAIL_LIST, text.encode(), "text/plain")
+    ctx.jobs.merge_metrics(ctx.job_id, {"landmarks_detected": detected, "landmarks_failed": len(failed)})
+    ctx.check_cancelled()
+    fan_out_poses(ctx)
+    return {"detected": detected, "failed": len(failed)}
+
+
+@app.task(name="gmpi.landmarks.done", **_RETRY)
+def landmarks_done(self: Any, job_id: str, n_chunks: int) -> Any:
+    """Chord callback: the merged fail list, then the pose stage."""
+    return run_job(job_id, lambda ctx: _done(ctx, n_chunks), final=False)

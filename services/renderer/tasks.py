@@ -1,0 +1,192 @@
+"""Render tasks: ``gmpi.render.view`` and ``gmpi.render.mpi`` answer the gateway's sync endpoints (no
+job record); ``render_video`` and ``extract_mesh`` jobs write ``jobs/{job}/videos/...`` and
+``jobs/{job}/meshes/...``. Models and MPIs stay in per-process LRU caches."""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from services.common.artifacts import fetch_model, model_manifest
+from services.common.celery_app import app
+from services.common.keys import job_prefix, model_prefix
+from services.common.settings import get_settings
+from services.common.storage import get_storage
+from services.common.tasks import TRANSIENT, JobContext, job_task
+from services.renderer.cache import LRU
+
+_models: LRU[Any] | None = None
+_mpis: LRU[Any] | None = None
+
+
+def _caches() -> tuple[LRU[Any], LRU[Any]]:
+    global _models, _mpis
+    if _models is None or _mpis is None:
+        s = get_settings()
+        _models, _mpis = LRU(s.render_cache_models), LRU(s.render_cache_mpis)
+    return _models, _mpis
+
+
+def load_model(model_id: str) -> tuple[Any, str]:
+    """(GMPI pipeline, version) from the cache; the version is the model's commit time."""
+    from gmpi_core.pipeline import GMPI
+
+    storage, settings = get_storage(), get_settings()
+    version = model_manifest(storage, model_id).get("committed_utc", "")
+    models, _ = _caches()
+
+    def load() -> Any:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        return GMPI.from_pretrained(fetch_model(storage, settings.cache_dir, model_id))
+
+    return models.get((model_id, version), load), version
+
+
+def get_mpi(model_id: str, seed: int, psi: float, planes: int | None) -> tuple[Any, Any]:
+    from gmpi_core.render.views import generate_mpi
+
+    gmpi, version = load_model(model_id)
+    _, mpis = _caches()
+    mpi = mpis.get(
+        (model_id, version, seed, psi, planes),
+        lambda: generate_mpi(gmpi, seed, n_planes=planes, truncation_psi=psi),
+    )
+    return gmpi, mpi
+
+
+def _png(array: Any) -> bytes:
+    import PIL.Image
+
+    buf = io.BytesIO()
+    PIL.Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+@app.task(name="gmpi.render.view", autoretry_for=TRANSIENT, max_retries=2)
+def render_view(
+    model_id: str,
+    seed: int,
+    yaw: float,
+    pitch: float,
+    psi: float = 1.0,
+    planes: int | None = None,
+    size: int | None = None,
+    kind: str = "rgb",
+) -> dict[str, Any]:
+    """One view of one seed as PNG (base64): ``kind`` rgb or depth (uint8 between d_near and d_far)."""
+    from gmpi_core.render.io import depth_to_uint8, to_uint8
+
+    gmpi, mpi = get_mpi(model_id, seed, psi, planes)
+    image, depth = gmpi.render(mpi, yaw=yaw, pitch=pitch, size=size, out_of_bounds="clamp")
+    cam = gmpi.config.camera
+    array = to_uint8(image[0]) if kind == "rgb" else depth_to_uint8(depth[0], cam.d_near, cam.d_far)
+    return {"png": base64.b64encode(_png(array)).decode(), "width": array.shape[1], "height": array.shape[0]}
+
+
+@app.task(name="gmpi.render.mpi", autoretry_for=TRANSIENT, max_retries=2)
+def export_mpi(
+    model_id: str, seed: int, psi: float = 1.0, planes: int | None = None, fmt: str = "png"
+) -> str:
+    """Export (once) the MPI of a seed for the browser viewer; → its committed store prefix."""
+    from gmpi_core.render.export import export_mpi as write_export
+
+    storage = get_storage()
+    prefix = f"{model_prefix(model_id)}mpi/s{seed}-p{planes or 0}-psi{psi:g}-{fmt}/"
+    if storage.manifest(prefix) is not None:
+        return prefix
+    gmpi, mpi = get_mpi(model_id, seed, psi, planes)
+    with tempfile.TemporaryDirectory(prefix="gmpi-mpi-") as tmp:
+        out = write_export(
+            mpi, gmpi.config.camera, Path(tmp) / "mpi", fmt=fmt, extra={"seed": seed, "psi": psi}
+        )  # type: ignore[arg-type]
+        files = storage.upload_dir(out, prefix)
+    storage.commit(prefix, files, {"model_id": model_id, "seed": seed, "psi": psi})
+    return prefix
+
+
+@job_task("gmpi.render.video")
+def render_video(ctx: JobContext) -> dict[str, Any]:
+    """Sweep videos (RGB and depth) of one seed."""
+    from gmpi_core.render.video import write_sweep_videos
+
+    p = ctx.params
+    gmpi, mpi = get_mpi(p["model_id"], int(p["seed"]), float(p.get("psi", 1.0)), p.get("planes"))
+    out = ctx.work_dir / "videos"
+    ctx.progress(0, 1, "rendering")
+    paths = write_sweep_videos(
+        gmpi, mpi, out, p.get("sweep", "horizontal"), n_frames=int(p.get("frames", 30)),
+        formats=tuple(p.get("formats", ["mp4"])), size=p.get("size"),
+    )  # fmt: skip
+    keys = [ctx.storage.put_file(f"{job_prefix(ctx.job_id)}videos/{q.name}", q).key for q in paths]
+    ctx.jobs.add_artifacts(ctx.job_id, keys)
+    return {"videos": keys}
+
+
+@job_task("gmpi.render.mesh")
+def extract_mesh(ctx: JobContext) -> dict[str, Any]:
+    """A marching-cubes mesh (PLY) of one seed's alpha volume."""
+    from gmpi_core.render.mesh import extract_mesh as extract
+
+    p = ctx.params
+    gmpi, _ = load_model(p["model_id"])
+    ctx.progress(0, 1, "extracting")
+    path = extract(gmpi, int(p["seed"]), ctx.work_dir / "meshes", truncation_psi=float(p.get("psi", 1.0)))
+    key = ctx.storage.put_file(f"{job_prefix(ctx.job_id)}meshes/{path.name}", path).key
+    ctx.jobs.add_artifacts(ctx.job_id, [key])
+    return {"mesh": key}
+
+
+def _experiment_for(generator: Any, preset_name: str) -> Any:
+    from gmpi_core.config import preset
+
+    cfg = preset(preset_name)
+    fields = type(cfg.generator).model_fields
+    updates = {
+        k: getattr(generator, k) for k in fields if isinstance(getattr(generator, k, None), (int, float, str))
+    }
+    try:
+        return cfg.with_updates(generator=updates)
+    except ValueError:
+        return cfg
+
+
+@app.task(name="gmpi.render.import_model")
+def import_model(model_id: str, kind: str, preset_name: str | None, keys: list[str]) -> dict[str, Any]:
+    """Convert an uploaded official checkpoint (``stylegan2_pkl``: one ``.pkl``; ``gmpi_pth``: config.pth,
+    ema.pth [, generator.pth]) with the safe readers into a native model; → {ok, ...} or {error}."""
+    from gmpi_core.pipeline import GMPI
+
+    storage = get_storage()
+    prefix = model_prefix(model_id)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gmpi-import-") as tmp:
+            src = Path(tmp) / "src"
+            for k in keys:
+                storage.get_file(k, src / k.rsplit("/", 1)[-1])
+            if kind == "stylegan2_pkl":
+                from gmpi_core.checkpoints import init_gmpi_from_stylegan2
+
+                (pkl,) = list(src.iterdir())
+                G, _ = init_gmpi_from_stylegan2(pkl)
+                cfg = _experiment_for(G, preset_name or "FFHQ256")
+            else:
+                from gmpi_core.checkpoints import load_official_gmpi
+                from gmpi_core.config import preset
+
+                G, info = load_official_gmpi(src)
+                cfg = _experiment_for(G, preset_name or info.dataset) if preset_name else preset(info.dataset)
+            out = GMPI(G.eval().requires_grad_(False), cfg).save_pretrained(Path(tmp) / "model")
+            files = {
+                p.name: storage.put_file(prefix + p.name, p)
+                for p in sorted(Path(out).iterdir())
+                if p.is_file()
+            }
+    except Exception as exc:  # the safe readers raise ValueError subclasses with a clear message
+        return {"error": {"code": "invalid_checkpoint", "message": f"{type(exc).__name__}: {exc}"}}
+    storage.commit(prefix, files, {"model_id": model_id, "source": kind, "preset": cfg.name})
+    return {"model_id": model_id, "preset": cfg.name}

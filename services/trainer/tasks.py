@@ -1,0 +1,253 @@
+"""``train`` jobs: download the dataset, run ``gmpi train`` in its own process group, stream its
+``log.jsonl`` into the job record, upload every checkpoint as it is written, and on re-delivery resume
+from the last *uploaded* checkpoint (the local run folder is rebuilt from the store every time).
+
+Store layout: ``models/{model}/train-state/ckpt_NNNNNNN.pt`` + ``train-state/latest`` (pointer written
+after the checkpoint), ``models/{model}/{config.json,weights.safetensors,ema.safetensors}`` + its
+``manifest.json`` (written last: the model is listed from then on), ``jobs/{job}/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from services.common.artifacts import MODEL_FILES, fetch_dataset_images, fetch_dataset_poses
+from services.common.keys import job_prefix, model_prefix
+from services.common.storage import ObjectNotFound
+from services.common.tasks import JobCancelled, JobContext, job_task
+
+log = logging.getLogger("gmpi.trainer")
+POLL_S = 0.5
+LOG_UPLOAD_S = 5.0
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL the trainer when the task process dies (a SIGKILLed worker leaves no orphan)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def train_command(ctx: JobContext, data: Path, poses: Path | None, run: Path, nproc: int) -> list[str]:
+    p = ctx.params
+    args = ["--preset", p["preset"], "--data", str(data), "--out", str(run), "--no-progress"]
+    args += [
+        "--steps",
+        str(p["steps"]),
+        "--ckpt-every",
+        str(p["ckpt_every"]),
+        "--log-every",
+        str(p["log_every"]),
+    ]
+    args += ["--sample-every", "0", "--workers", "0", "--device", p.get("device", "auto")]
+    if poses is not None:
+        args += ["--poses", str(poses)]
+    for flag in ("batch", "planes", "seed"):
+        if p.get(flag) is not None:
+            args += [f"--{flag}", str(p[flag])]
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+                "-m", "gmpi_core.train.cli", *args]  # fmt: skip
+    return [sys.executable, "-m", "gmpi_core.train.cli", *args]
+
+
+def restore_run(ctx: JobContext, run: Path) -> int:
+    """Rebuild ``run`` from the store: the last uploaded checkpoint and log; → its step (0: fresh)."""
+    shutil.rmtree(run, ignore_errors=True)
+    (run / "checkpoints").mkdir(parents=True)
+    state = model_prefix(ctx.params["model_id"]) + "train-state/"
+    try:
+        name = ctx.storage.get_bytes(state + "latest").decode().strip()
+    except ObjectNotFound:
+        return 0
+    ctx.storage.get_file(state + name, run / "checkpoints" / name)
+    (run / "checkpoints" / "latest").write_text(name + "\n")
+    step = int(name.split("_")[1].split(".")[0])
+    try:
+        ctx.storage.get_file(job_prefix(ctx.job_id) + "log.jsonl", run / "log.jsonl")
+    except ObjectNotFound:
+        return step
+    kept = []  # lines the killed run logged after its last checkpoint are replayed by this run
+    for line in (run / "log.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, ValueError):
+            continue
+    (run / "log.jsonl").write_text("".join(kept), encoding="utf-8")
+    return step
+
+
+class _Uploader:
+    """Mirrors the run folder into the store while training runs."""
+
+    def __init__(self, ctx: JobContext, run: Path) -> None:
+        self.ctx, self.run = ctx, run
+        self.state = model_prefix(ctx.params["model_id"]) + "train-state/"
+        self.uploaded_ckpt = ""
+        self.log_pos = 0
+        self.last_log_upload = 0.0
+        self.last: dict[str, Any] = {}
+
+    def checkpoints(self) -> None:
+        pointer = self.run / "checkpoints" / "latest"
+        if not pointer.is_file():
+            return
+        name = pointer.read_text().strip()
+        path = self.run / "checkpoints" / name
+        if not name or name == self.uploaded_ckpt or not path.is_file():
+            return
+        self.ctx.storage.put_file(self.state + name, path)
+        # the log must reach the checkpoint's step before the pointer moves: a resumed run keeps the
+        # stored log up to that step and appends from there (no step lost, none logged twice)
+        self.log(force=True)
+        self.ctx.storage.put_bytes(self.state + "latest", (name + "\n").encode(), "text/plain")
+        for old in self.ctx.storage.list(self.state):  # keep the newest two checkpoints
+            base = old[len(self.state) :]
+            if base.startswith("ckpt_") and base not in (name, self.uploaded_ckpt):
+                self.ctx.storage.delete(old)
+        self.uploaded_ckpt = name
+        self.ctx.jobs.merge_info(self.ctx.job_id, {"last_checkpoint_step": int(name[5:12])})
+
+    def log(self, force: bool = False) -> None:
+        path = self.run / "log.jsonl"
+        if not path.is_file():
+            return
+        with open(path, encoding="utf-8") as f:
+            f.seek(self.log_pos)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind("\n") + 1]
+        self.log_pos += len(complete.encode())
+        for line in complete.splitlines():
+            try:
+                self.last = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+        if self.last:
+            losses = {k: v for k, v in self.last.items() if k not in ("step", "kimg")}
+            self.ctx.progress(
+                int(self.last["step"]), int(self.ctx.params["steps"]), "training", kimg=self.last.get("kimg")
+            )
+            self.ctx.jobs.merge_metrics(self.ctx.job_id, losses)
+        if force or time.monotonic() - self.last_log_upload > LOG_UPLOAD_S:
+            snapshot = self.run / ".log.jsonl.upload"  # the trainer keeps appending to the original
+            snapshot.write_text(complete_lines(path), encoding="utf-8")
+            self.ctx.storage.put_file(
+                job_prefix(self.ctx.job_id) + "log.jsonl", snapshot, "application/x-ndjson"
+            )
+            self.last_log_upload = time.monotonic()
+
+
+def complete_lines(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    return text[: text.rfind("\n") + 1]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _publish_model(ctx: JobContext, run: Path) -> list[str]:
+    prefix = model_prefix(ctx.params["model_id"])
+    files = {}
+    for rel in MODEL_FILES:
+        if (run / "model" / rel).is_file():
+            files[rel] = ctx.storage.put_file(prefix + rel, run / "model" / rel)
+    extra = {
+        "model_id": ctx.params["model_id"],
+        "job_id": ctx.job_id,
+        "preset": ctx.params["preset"],
+        "dataset_id": ctx.params.get("dataset_id"),
+        "steps": ctx.params["steps"],
+        "source": "train",
+    }
+    ctx.storage.commit(prefix, files, extra)
+    return [prefix + rel for rel in files]
+
+
+def _k8s_train(ctx: JobContext, nproc: int) -> dict[str, Any]:
+    from services.trainer import pytorchjob  # type: ignore[attr-defined]  # deploy engineer's module
+
+    gpus = int(ctx.params["gpus"])
+    nnodes = -(-gpus // nproc)
+    train_args = ["--preset", ctx.params["preset"], "--steps", str(ctx.params["steps"])]
+    name = pytorchjob.submit_pytorchjob(
+        ctx.job_id, nnodes=nnodes, nproc_per_node=nproc, train_args=train_args, settings=ctx.settings
+    )
+    steps = int(ctx.params["steps"])
+    pytorchjob.wait_pytorchjob(
+        name, ctx.settings, lambda state, _: ctx.progress(0, steps, f"PyTorchJob {state}")
+    )
+    return {"model_id": ctx.params["model_id"], "pytorchjob": name}
+
+
+@job_task("gmpi.train.run")
+def train(ctx: JobContext) -> dict[str, Any]:
+    """Train (or resume) the job's model; the job record follows the run's log.jsonl."""
+    nproc = ctx.settings.resolved_train_nproc()
+    gpus = ctx.params.get("gpus")
+    if gpus and int(gpus) > nproc and ctx.settings.k8s_enabled:
+        return _k8s_train(ctx, nproc)
+    data = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
+    poses = fetch_dataset_poses(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
+    run = ctx.work_dir / "run"
+    start_step = restore_run(ctx, run)
+    ctx.jobs.merge_info(ctx.job_id, {"resumed_from_step": start_step, "nproc": nproc})
+    ctx.check_cancelled()
+    cmd = train_command(ctx, data, poses if ctx.params.get("use_poses", True) else None, run, nproc)
+    log.info("job %s: %s", ctx.job_id, " ".join(cmd))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    up = _Uploader(ctx, run)
+    up.uploaded_ckpt = (run / "checkpoints" / "latest").read_text().strip() if start_step else ""
+    with open(run / "train.log", "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env=env,
+        )
+        try:
+            while proc.poll() is None:
+                time.sleep(POLL_S)
+                up.checkpoints()
+                up.log()
+                if ctx.cancelled.is_set() or ctx.jobs.is_cancelled(ctx.job_id):
+                    _kill_group(proc)
+                    raise JobCancelled(ctx.job_id)
+        except BaseException:
+            _kill_group(proc)
+            raise
+    if proc.returncode != 0:
+        tail = (run / "train.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"gmpi train exited with status {proc.returncode}:\n{tail}")
+    up.checkpoints()
+    up.log(force=True)
+    keys = _publish_model(ctx, run)
+    keys += [job_prefix(ctx.job_id) + "log.jsonl", up.state + "latest"]
+    ctx.jobs.add_artifacts(ctx.job_id, keys)
+    return {
+        "model_id": ctx.params["model_id"],
+        "steps": int(up.last.get("step", 0)),
+        "resumed_from_step": start_step,
+    }
