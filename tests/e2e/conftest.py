@@ -158,4 +158,3 @@ def trained(stack: Stack, dataset: str) -> dict[str, Any]:
     train = stack.wait(stack.submit("train", params)["id"], timeout=300)
     assert train["state"] == "succeeded", (train, stack.log("worker-train"))
     return {"prep": prep, "train": train, "model_id": train["result"]["model_id"]}
-

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from fastapi import Request
 
 from services.common.jobs import JobStore
 from services.common.keys import InvalidKeyError, validate_id
@@ -50,3 +56,26 @@ def get_job_or_404(jobs: JobStore, job_id: str) -> dict[str, Any]:
         return jobs.get(job_id)
     except JobNotFound as e:
         raise ApiError(404, "not_found", f"no job '{job_id}'") from e
+
+
+@contextlib.asynccontextmanager
+async def spooled_body(request: Request, limit: int, spool_dir: Path, what: str) -> AsyncIterator[Path]:
+    """The raw request body streamed into a temporary file (deleted on exit) and counted as it streams,
+    so ``limit`` holds whatever the headers claim; 413 past the limit, 422 for an empty body."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(
+            413, "too_large", f"upload of {declared} bytes exceeds GMPI_MAX_UPLOAD_BYTES ({limit})"
+        )
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with tempfile.NamedTemporaryFile(dir=spool_dir, prefix="upload-") as tmp:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large", f"upload exceeds GMPI_MAX_UPLOAD_BYTES ({limit} bytes)")
+            tmp.write(chunk)
+        tmp.flush()
+        if size == 0:
+            raise ApiError(422, "empty_body", f"the request body is empty; send {what}", {"field": "body"})
+        yield Path(tmp.name)

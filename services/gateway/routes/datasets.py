@@ -3,7 +3,6 @@ existing prefix, list, get. A dataset is ``datasets/{id}/dataset.json`` plus its
 
 from __future__ import annotations
 
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from services.common.keys import InvalidKeyError, dataset_prefix, new_id, valida
 from services.common.storage import ObjectNotFound, Storage
 from services.gateway.deps import ApiKey, SettingsDep, StorageDep
 from services.gateway.errors import ERROR_RESPONSES, ApiError
-from services.gateway.routes.common import check_id
+from services.gateway.routes.common import check_id, spooled_body
 from services.gateway.schemas import Dataset, DatasetCreate, DatasetList, RegisterPrefix, UploadUrl
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
@@ -120,35 +119,11 @@ async def upload_images(
     dataset_id: str, request: Request, _: ApiKey, storage: StorageDep, settings: SettingsDep
 ) -> Dataset:
     rec = await run_in_threadpool(_record, storage, dataset_id)
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise ApiError(
-            413,
-            "too_large",
-            f"upload of {declared} bytes exceeds GMPI_MAX_UPLOAD_BYTES ({settings.max_upload_bytes})",
-        )
     spool_dir = Path(settings.cache_dir) / "uploads"
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    size = 0
-    # the body is counted while it streams to disk: the limit holds whatever the headers claim
-    with tempfile.NamedTemporaryFile(dir=spool_dir, prefix="upload-") as tmp:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_upload_bytes:
-                raise ApiError(
-                    413,
-                    "too_large",
-                    f"upload exceeds GMPI_MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)",
-                )
-            tmp.write(chunk)
-        tmp.flush()
-        if size == 0:
-            raise ApiError(
-                422, "empty_body", "the request body is empty; send the dataset zip", {"field": "body"}
-            )
-        await run_in_threadpool(_check_zip, Path(tmp.name))
+    async with spooled_body(request, settings.max_upload_bytes, spool_dir, "the dataset zip") as path:
+        await run_in_threadpool(_check_zip, path)
         await run_in_threadpool(
-            storage.put_file, dataset_prefix(dataset_id) + "images.zip", tmp.name, "application/zip"
+            storage.put_file, dataset_prefix(dataset_id) + "images.zip", str(path), "application/zip"
         )
     return await run_in_threadpool(_view, storage, rec)
 

@@ -19,7 +19,7 @@ from services.common.keys import MANIFEST, model_prefix
 from services.common.storage import Storage
 from services.gateway.deps import ApiKey, CeleryDep, SettingsDep, StorageDep, render_rate_limit
 from services.gateway.errors import ERROR_RESPONSES, ApiError
-from services.gateway.routes.common import check_id
+from services.gateway.routes.common import check_id, spooled_body
 from services.gateway.schemas import Model, ModelList, MpiExport, MpiPlane, RenderRequest
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
@@ -180,24 +180,10 @@ async def import_model(
         )
     model_id = f"model-{uuid.uuid4().hex[:20]}"
     prefix = model_prefix(model_id)
-    with tempfile.NamedTemporaryFile(prefix="import-") as tmp:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_upload_bytes:
-                raise ApiError(
-                    413,
-                    "too_large",
-                    f"upload exceeds GMPI_MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)",
-                )
-            tmp.write(chunk)
-        tmp.flush()
-        if size == 0:
-            raise ApiError(
-                422, "empty_body", "the request body is empty; send the checkpoint", {"field": "body"}
-            )
+    spool_dir = Path(settings.cache_dir) / "uploads"
+    async with spooled_body(request, settings.max_upload_bytes, spool_dir, "the checkpoint") as path:
         try:
-            keys = await run_in_threadpool(_import_keys, kind, Path(tmp.name), prefix + "source/", storage)
+            keys = await run_in_threadpool(_import_keys, kind, path, prefix + "source/", storage)
             out = await run_in_threadpool(
                 _wait,
                 celery,

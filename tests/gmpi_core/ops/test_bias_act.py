@@ -199,7 +199,8 @@ def test_fused_kernel_failing_its_self_check_is_disabled_after_one_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake_module = object()
-    monkeypatch.setattr(bias_act_module, "load_extension", lambda *args, **kwargs: fake_module)
+    monkeypatch.setattr(bias_act_module, "load_registered", lambda spec: fake_module)
+    monkeypatch.setattr(bias_act_module, "register_extension", lambda spec: spec)  # keep "demo" out
     failing = bias_act_module._CheckedKernel("demo", [], lambda: "y differs")
     with pytest.warns(RuntimeWarning, match=r"failed its self-check \(y differs\)"):
         assert failing.get() is None
@@ -211,7 +212,8 @@ def test_fused_kernel_failing_its_self_check_is_disabled_after_one_warning(
 
 
 def test_fused_kernel_that_crashes_in_its_self_check_is_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bias_act_module, "load_extension", lambda *args, **kwargs: object())
+    monkeypatch.setattr(bias_act_module, "load_registered", lambda spec: object())
+    monkeypatch.setattr(bias_act_module, "register_extension", lambda spec: spec)  # keep "demo" out
 
     def crash() -> str | None:
         raise RuntimeError("illegal memory access")
