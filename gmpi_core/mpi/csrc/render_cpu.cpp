@@ -25,9 +25,14 @@
 
 #include <omp.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -207,6 +212,96 @@ void check_inputs(const torch::Tensor& tex, const torch::Tensor& rays, const tor
 // ------------------------------------------------------------------------------------------------
 // forward
 
+// One plane of one pixel row, generic: the bilinear taps read each channel separately.
+template <typename scalar_t>
+inline int64_t forward_plane_row(const PlaneMap& m, const scalar_t* pr, int64_t Th, int64_t Tw, int64_t W,
+                                 const double* rx, const double* ry, const double* iqz, scalar_t* trans,
+                                 scalar_t* acc, scalar_t skip_below) {
+  const int64_t P = Th * Tw;
+  const scalar_t *pg = pr + P, *pb = pg + P, *pa = pb + P;
+  const scalar_t eps = static_cast<scalar_t>(kTransmittanceEps);
+  int64_t died = 0;
+  for (int64_t x = 0; x < W; ++x) {
+    if (trans[x] < skip_below) continue;
+    double fx, fy;
+    texel_coords(m, rx[x], ry[x], Th, Tw, fx, fy);
+    scalar_t a = 0;
+    with_tap<scalar_t>(fx, fy, Th, Tw, [&](const auto& t) {
+      a = t.sample(pa);
+      const scalar_t w = a * trans[x];
+      scalar_t* ac = acc + 4 * x;
+      ac[0] += w * t.sample(pr);
+      ac[1] += w * t.sample(pg);
+      ac[2] += w * t.sample(pb);
+      ac[3] += w * static_cast<scalar_t>(m.dz * iqz[x]);
+    });
+    trans[x] *= scalar_t(1) - a + eps;
+    if (trans[x] < skip_below) ++died;
+  }
+  return died;
+}
+
+#if defined(__SSE2__)
+// float32 fast path. Interior taps (all four texels inside, the common case) load the two horizontally
+// adjacent texels of a channel with one 64-bit load, so that one SSE vector holds [r0 r1 g0 g1] or
+// [b0 b1 a0 a1] of a texel row; the four channels are then interpolated together and composited into the
+// per-pixel accumulator [r g b depth] with one vector multiply-add.
+inline int64_t forward_plane_row_f32(const PlaneMap& m, const float* pr, int64_t Th, int64_t Tw, int64_t W,
+                                     const double* rx, const double* ry, const double* iqz, float* trans,
+                                     float* acc, float skip_below) {
+  const int64_t P = Th * Tw;
+  const float *pg = pr + P, *pb = pg + P, *pa = pb + P;
+  const float eps = static_cast<float>(kTransmittanceEps);
+  const double xmax = static_cast<double>(Tw - 1), ymax = static_cast<double>(Th - 1);
+  int64_t died = 0;
+  for (int64_t x = 0; x < W; ++x) {
+    if (trans[x] < skip_below) continue;
+    double fx, fy;
+    texel_coords(m, rx[x], ry[x], Th, Tw, fx, fy);
+    float a = 0;
+    if (fx >= 0.0 && fx < xmax && fy >= 0.0 && fy < ymax) {
+      const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
+      const float wx1 = static_cast<float>(fx - static_cast<double>(x0));
+      const float wy1 = static_cast<float>(fy - static_cast<double>(y0));
+      const float wx0 = 1.0f - wx1, wy0 = 1.0f - wy1;
+      const __m128 wx = _mm_setr_ps(wx0, wx1, wx0, wx1);
+      const __m128 wt = _mm_mul_ps(_mm_set1_ps(wy0), wx), wb = _mm_mul_ps(_mm_set1_ps(wy1), wx);
+      const int64_t o = y0 * Tw + x0, o2 = o + Tw;
+      auto pair2 = [](const float* p, const float* q) {
+        return _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))),
+                            reinterpret_cast<const __m64*>(q));
+      };
+      const __m128 rg = _mm_add_ps(_mm_mul_ps(pair2(pr + o, pg + o), wt), _mm_mul_ps(pair2(pr + o2, pg + o2), wb));
+      const __m128 ba = _mm_add_ps(_mm_mul_ps(pair2(pb + o, pa + o), wt), _mm_mul_ps(pair2(pb + o2, pa + o2), wb));
+      // [r g b a] = left column + right column
+      const __m128 s = _mm_add_ps(_mm_shuffle_ps(rg, ba, _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm_shuffle_ps(rg, ba, _MM_SHUFFLE(3, 1, 3, 1)));
+      a = _mm_cvtss_f32(_mm_shuffle_ps(s, s, _MM_SHUFFLE(3, 3, 3, 3)));
+      const float w = a * trans[x];
+      const __m128 z = _mm_set_ss(static_cast<float>(m.dz * iqz[x]));
+      const __m128 bz = _mm_shuffle_ps(s, z, _MM_SHUFFLE(0, 0, 2, 2));  // [b b z z]
+      const __m128 c = _mm_shuffle_ps(s, bz, _MM_SHUFFLE(2, 0, 1, 0));  // [r g b z]
+      float* ac = acc + 4 * x;
+      _mm_storeu_ps(ac, _mm_add_ps(_mm_loadu_ps(ac), _mm_mul_ps(_mm_set1_ps(w), c)));
+    } else {
+      Tap<float> t;
+      if (make_tap(fx, fy, Th, Tw, t)) {
+        a = t.sample(pa);
+        const float w = a * trans[x];
+        float* ac = acc + 4 * x;
+        ac[0] += w * t.sample(pr);
+        ac[1] += w * t.sample(pg);
+        ac[2] += w * t.sample(pb);
+        ac[3] += w * static_cast<float>(m.dz * iqz[x]);
+      }
+    }
+    trans[x] *= 1.0f - a + eps;
+    if (trans[x] < skip_below) ++died;
+  }
+  return died;
+}
+#endif
+
 template <typename scalar_t>
 void forward_impl(const torch::Tensor& tex, const std::vector<View>& views, const std::vector<PlaneMap>& maps,
                   torch::Tensor& image, torch::Tensor& depth, int64_t H, int64_t W, int threads) {
@@ -215,7 +310,6 @@ void forward_impl(const torch::Tensor& tex, const std::vector<View>& views, cons
   const scalar_t* tex_p = tex.data_ptr<scalar_t>();
   scalar_t* img_p = image.data_ptr<scalar_t>();
   scalar_t* dep_p = depth.data_ptr<scalar_t>();
-  const scalar_t eps = static_cast<scalar_t>(kTransmittanceEps);
 
   std::vector<double> max_dz(B, 0.0);
   for (int64_t b = 0; b < B; ++b) {
@@ -225,14 +319,13 @@ void forward_impl(const torch::Tensor& tex, const std::vector<View>& views, cons
 #pragma omp parallel num_threads(threads)
   {
     std::vector<double> rx(W), ry(W), iqz(W);
-    std::vector<scalar_t> trans(W), acc(4 * W);
+    std::vector<scalar_t> trans(W), acc(4 * W);  // acc: [r g b depth] per pixel
 #pragma omp for collapse(2) schedule(dynamic, 2)
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t y = 0; y < H; ++y) {
         row_rays(views[b], y, W, rx.data(), ry.data(), iqz.data());
         std::fill(trans.begin(), trans.end(), scalar_t(1));
         std::fill(acc.begin(), acc.end(), scalar_t(0));
-        scalar_t *acc_r = acc.data(), *acc_g = acc_r + W, *acc_b = acc_g + W, *acc_d = acc_b + W;
         const int64_t bt = Bt == 1 ? 0 : b;
         double z_max = 0.0;  // largest camera depth any plane can have in this row
         for (int64_t x = 0; x < W; ++x) z_max = std::max(z_max, max_dz[b] * iqz[x]);
@@ -241,32 +334,24 @@ void forward_impl(const torch::Tensor& tex, const std::vector<View>& views, cons
             sizeof(scalar_t) < 8 ? static_cast<scalar_t>(kSkipBound / std::max(2.0, z_max)) : scalar_t(0);
         int64_t active = W;  // pixels whose transmittance is still above skip_below
         for (int64_t i = 0; i < N && active > 0; ++i) {
-          const PlaneMap& m = maps[b * N + i];
           const scalar_t* pr = tex_p + (bt * N + i) * 4 * P;
-          const scalar_t *pg = pr + P, *pb = pg + P, *pa = pb + P;
-          for (int64_t x = 0; x < W; ++x) {
-            if (trans[x] < skip_below) continue;
-            double fx, fy;
-            texel_coords(m, rx[x], ry[x], Th, Tw, fx, fy);
-            scalar_t a = 0;
-            with_tap<scalar_t>(fx, fy, Th, Tw, [&](const auto& t) {
-              a = t.sample(pa);
-              const scalar_t w = a * trans[x];
-              acc_r[x] += w * t.sample(pr);
-              acc_g[x] += w * t.sample(pg);
-              acc_b[x] += w * t.sample(pb);
-              acc_d[x] += w * static_cast<scalar_t>(m.dz * iqz[x]);
-            });
-            trans[x] *= scalar_t(1) - a + eps;
-            if (trans[x] < skip_below) --active;
+#if defined(__SSE2__)
+          if constexpr (std::is_same<scalar_t, float>::value) {
+            active -= forward_plane_row_f32(maps[b * N + i], pr, Th, Tw, W, rx.data(), ry.data(), iqz.data(),
+                                            trans.data(), acc.data(), skip_below);
+            continue;
           }
+#endif
+          active -= forward_plane_row<scalar_t>(maps[b * N + i], pr, Th, Tw, W, rx.data(), ry.data(), iqz.data(),
+                                                trans.data(), acc.data(), skip_below);
         }
         scalar_t* out = img_p + b * 3 * H * W + y * W;
         for (int64_t x = 0; x < W; ++x) {
-          out[x] = scalar_t(2) * acc_r[x] - scalar_t(1);  // spec §3.3: image = 2c − 1
-          out[H * W + x] = scalar_t(2) * acc_g[x] - scalar_t(1);
-          out[2 * H * W + x] = scalar_t(2) * acc_b[x] - scalar_t(1);
-          dep_p[b * H * W + y * W + x] = acc_d[x];
+          const scalar_t* ac = acc.data() + 4 * x;
+          out[x] = scalar_t(2) * ac[0] - scalar_t(1);  // spec §3.3: image = 2c − 1
+          out[H * W + x] = scalar_t(2) * ac[1] - scalar_t(1);
+          out[2 * H * W + x] = scalar_t(2) * ac[2] - scalar_t(1);
+          dep_p[b * H * W + y * W + x] = ac[3];
         }
       }
     }
