@@ -517,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_s += time.perf_counter() - t
         print(f"[curve] stage-2 step {s:5d}: depth error {summary}", flush=True)
 
-    if not progress.data["stage2"]["done"]:
+    # a rerun with a larger --budget-min extends stage 2 (stage 1 is final once stage 2 started from it)
+    s2 = progress.data["stage2"]
+    if not s2["done"] or s2.get("train_s", 0.0) < stage2_budget - 1.0:
         train_stage("stage2", t2, stage2_budget, progress, args.ckpt_every_min * 60, on_step=curve_point)
     curve_point(t2, force=True)  # the last step, unless already measured
 

@@ -212,13 +212,16 @@ void check_inputs(const torch::Tensor& tex, const torch::Tensor& rays, const tor
 // ------------------------------------------------------------------------------------------------
 // forward
 
-// One plane of one pixel row, generic: the bilinear taps read each channel separately.
+// One plane of one pixel row: samples and composites pixels x ∈ [0, W) whose transmittance is still
+// above skip_below. acc holds four planar rows of W: r, g, b, depth. Returns the number of pixels whose
+// transmittance dropped below skip_below on this plane.
 template <typename scalar_t>
 inline int64_t forward_plane_row(const PlaneMap& m, const scalar_t* pr, int64_t Th, int64_t Tw, int64_t W,
                                  const double* rx, const double* ry, const double* iqz, scalar_t* trans,
-                                 scalar_t* acc, scalar_t skip_below) {
+                                 scalar_t* acc, int64_t acc_stride, scalar_t skip_below) {
   const int64_t P = Th * Tw;
   const scalar_t *pg = pr + P, *pb = pg + P, *pa = pb + P;
+  scalar_t *acc_r = acc, *acc_g = acc_r + acc_stride, *acc_b = acc_g + acc_stride, *acc_d = acc_b + acc_stride;
   const scalar_t eps = static_cast<scalar_t>(kTransmittanceEps);
   int64_t died = 0;
   for (int64_t x = 0; x < W; ++x) {
@@ -229,11 +232,10 @@ inline int64_t forward_plane_row(const PlaneMap& m, const scalar_t* pr, int64_t 
     with_tap<scalar_t>(fx, fy, Th, Tw, [&](const auto& t) {
       a = t.sample(pa);
       const scalar_t w = a * trans[x];
-      scalar_t* ac = acc + 4 * x;
-      ac[0] += w * t.sample(pr);
-      ac[1] += w * t.sample(pg);
-      ac[2] += w * t.sample(pb);
-      ac[3] += w * static_cast<scalar_t>(m.dz * iqz[x]);
+      acc_r[x] += w * t.sample(pr);
+      acc_g[x] += w * t.sample(pg);
+      acc_b[x] += w * t.sample(pb);
+      acc_d[x] += w * static_cast<scalar_t>(m.dz * iqz[x]);
     });
     trans[x] *= scalar_t(1) - a + eps;
     if (trans[x] < skip_below) ++died;
@@ -242,63 +244,123 @@ inline int64_t forward_plane_row(const PlaneMap& m, const scalar_t* pr, int64_t 
 }
 
 #if defined(__SSE2__)
-// float32 fast path. Interior taps (all four texels inside, the common case) load the two horizontally
-// adjacent texels of a channel with one 64-bit load, so that one SSE vector holds [r0 r1 g0 g1] or
-// [b0 b1 a0 a1] of a texel row; the four channels are then interpolated together and composited into the
-// per-pixel accumulator [r g b depth] with one vector multiply-add.
-inline int64_t forward_plane_row_f32(const PlaneMap& m, const float* pr, int64_t Th, int64_t Tw, int64_t W,
-                                     const double* rx, const double* ry, const double* iqz, float* trans,
-                                     float* acc, float skip_below) {
+// float32 fast path (SSE2 only, part of baseline x86-64), same arithmetic as forward_plane_row up to the
+// summation order of the four bilinear taps. Three passes over a row of Wp pixels (Wp = W rounded up to a
+// multiple of 4; the padding pixels start with T = 0, i.e. already skipped):
+//   1. two pixels at a time (float64): texel coordinates, whether all four taps are inside (and the pixel
+//      is still alive), top-left texel offset and the bilinear weights [w00 w01 w00 w01], [w10 w11 w10 w11];
+//   2. per pixel: the tap. The two horizontally adjacent texels of a channel are one 64-bit load, so one
+//      vector holds [r0 r1 g0 g1] or [b0 b1 a0 a1] of a texel row and all channels interpolate together.
+//      Border taps (zero padding) take the generic path; skipped and missing pixels sample 0, which leaves
+//      their accumulators and (in float32, 1 + 1e-10 = 1) their transmittance unchanged;
+//   3. four pixels at a time: compositing.
+struct RowScratchF32 {
+  std::vector<int32_t> off;     // [Wp] top-left texel offset of interior taps
+  std::vector<float> wts;       // [Wp, 8] bilinear weights of interior taps
+  std::vector<unsigned char> interior;  // [Wp] 1: alive and all four taps inside
+  std::vector<float> smp;       // [Wp, 4] sampled r, g, b, a
+  explicit RowScratchF32(int64_t Wp) : off(Wp), wts(8 * Wp), interior(Wp), smp(4 * Wp) {}
+};
+
+// Returns whether some pixel of the row is still above skip_below after this plane.
+inline bool forward_plane_row_f32(const PlaneMap& m, const float* pr, int64_t Th, int64_t Tw, int64_t Wp,
+                                  const double* rx, const double* ry, const double* iqz, float* trans,
+                                  float* acc, float skip_below, RowScratchF32& sc) {
   const int64_t P = Th * Tw;
   const float *pg = pr + P, *pb = pg + P, *pa = pb + P;
-  const float eps = static_cast<float>(kTransmittanceEps);
-  const double xmax = static_cast<double>(Tw - 1), ymax = static_cast<double>(Th - 1);
-  int64_t died = 0;
-  for (int64_t x = 0; x < W; ++x) {
-    if (trans[x] < skip_below) continue;
-    double fx, fy;
-    texel_coords(m, rx[x], ry[x], Th, Tw, fx, fy);
-    float a = 0;
-    if (fx >= 0.0 && fx < xmax && fy >= 0.0 && fy < ymax) {
-      const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
-      const float wx1 = static_cast<float>(fx - static_cast<double>(x0));
-      const float wy1 = static_cast<float>(fy - static_cast<double>(y0));
-      const float wx0 = 1.0f - wx1, wy0 = 1.0f - wy1;
-      const __m128 wx = _mm_setr_ps(wx0, wx1, wx0, wx1);
-      const __m128 wt = _mm_mul_ps(_mm_set1_ps(wy0), wx), wb = _mm_mul_ps(_mm_set1_ps(wy1), wx);
-      const int64_t o = y0 * Tw + x0, o2 = o + Tw;
+  int32_t* off = sc.off.data();
+  float* wts = sc.wts.data();
+  unsigned char* interior = sc.interior.data();
+  float* smp = sc.smp.data();
+
+  // pass 1: coordinates and weights
+  {
+    const __m128d ax = _mm_set1_pd(m.ax), bx = _mm_set1_pd(m.bx), ay = _mm_set1_pd(m.ay), by = _mm_set1_pd(m.by);
+    const __m128d zero = _mm_setzero_pd(), xmax = _mm_set1_pd(static_cast<double>(Tw - 1)),
+                  ymax = _mm_set1_pd(static_cast<double>(Th - 1)), tw = _mm_set1_pd(static_cast<double>(Tw));
+    const __m128 skip = _mm_set1_ps(skip_below), one = _mm_set1_ps(1.0f);
+    for (int64_t x = 0; x < Wp; x += 2) {
+      __m128d fx = _mm_add_pd(ax, _mm_mul_pd(bx, _mm_loadu_pd(rx + x)));
+      __m128d fy = _mm_add_pd(ay, _mm_mul_pd(by, _mm_loadu_pd(ry + x)));
+      if (m.clamp) {  // = clampd(v, 0, max), NaN included (min/max return their second operand on NaN)
+        fx = _mm_max_pd(zero, _mm_min_pd(xmax, fx));
+        fy = _mm_max_pd(zero, _mm_min_pd(ymax, fy));
+      }
+      const __m128d in = _mm_and_pd(_mm_and_pd(_mm_cmpge_pd(fx, zero), _mm_cmplt_pd(fx, xmax)),
+                                    _mm_and_pd(_mm_cmpge_pd(fy, zero), _mm_cmplt_pd(fy, ymax)));
+      const __m128 t2 = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(trans + x)));
+      const int mask = _mm_movemask_pd(in) & _mm_movemask_ps(_mm_cmpnlt_ps(t2, skip));
+      interior[x] = static_cast<unsigned char>(mask & 1);
+      interior[x + 1] = static_cast<unsigned char>(mask >> 1);
+      // truncation = floor inside; values of exterior pixels are never used
+      const __m128d fxi = _mm_cvtepi32_pd(_mm_cvttpd_epi32(fx)), fyi = _mm_cvtepi32_pd(_mm_cvttpd_epi32(fy));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(off + x), _mm_cvttpd_epi32(_mm_add_pd(_mm_mul_pd(fyi, tw), fxi)));
+      const __m128 wx1 = _mm_cvtpd_ps(_mm_sub_pd(fx, fxi)), wy1 = _mm_cvtpd_ps(_mm_sub_pd(fy, fyi));
+      const __m128 wx0 = _mm_sub_ps(one, wx1), wy0 = _mm_sub_ps(one, wy1);
+      const __m128 wxx = _mm_unpacklo_ps(wx0, wx1);  // [wx0 wx1 | wx0 wx1] of pixels x, x+1
+      const __m128 top = _mm_mul_ps(_mm_unpacklo_ps(wy0, wy0), wxx), bot = _mm_mul_ps(_mm_unpacklo_ps(wy1, wy1), wxx);
+      _mm_storeu_ps(wts + 8 * x, _mm_movelh_ps(top, top));
+      _mm_storeu_ps(wts + 8 * x + 4, _mm_movelh_ps(bot, bot));
+      _mm_storeu_ps(wts + 8 * x + 8, _mm_movehl_ps(top, top));
+      _mm_storeu_ps(wts + 8 * x + 12, _mm_movehl_ps(bot, bot));
+    }
+  }
+  // pass 2: taps
+  for (int64_t x = 0; x < Wp; ++x) {
+    __m128 s;
+    if (interior[x]) {
+      const int64_t o = off[x], o2 = o + Tw;
+#ifdef PF_ROWS
+      if ((x & PF_MASK) == 0) {
+        const int64_t op = o + PF_ROWS * Tw;
+        _mm_prefetch(reinterpret_cast<const char*>(pr + op), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(pg + op), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(pb + op), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(pa + op), _MM_HINT_T0);
+      }
+#endif
+      const __m128 wt = _mm_loadu_ps(wts + 8 * x), wb = _mm_loadu_ps(wts + 8 * x + 4);
       auto pair2 = [](const float* p, const float* q) {
         return _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))),
                             reinterpret_cast<const __m64*>(q));
       };
       const __m128 rg = _mm_add_ps(_mm_mul_ps(pair2(pr + o, pg + o), wt), _mm_mul_ps(pair2(pr + o2, pg + o2), wb));
       const __m128 ba = _mm_add_ps(_mm_mul_ps(pair2(pb + o, pa + o), wt), _mm_mul_ps(pair2(pb + o2, pa + o2), wb));
-      // [r g b a] = left column + right column
-      const __m128 s = _mm_add_ps(_mm_shuffle_ps(rg, ba, _MM_SHUFFLE(2, 0, 2, 0)),
-                                  _mm_shuffle_ps(rg, ba, _MM_SHUFFLE(3, 1, 3, 1)));
-      a = _mm_cvtss_f32(_mm_shuffle_ps(s, s, _MM_SHUFFLE(3, 3, 3, 3)));
-      const float w = a * trans[x];
-      const __m128 z = _mm_set_ss(static_cast<float>(m.dz * iqz[x]));
-      const __m128 bz = _mm_shuffle_ps(s, z, _MM_SHUFFLE(0, 0, 2, 2));  // [b b z z]
-      const __m128 c = _mm_shuffle_ps(s, bz, _MM_SHUFFLE(2, 0, 1, 0));  // [r g b z]
-      float* ac = acc + 4 * x;
-      _mm_storeu_ps(ac, _mm_add_ps(_mm_loadu_ps(ac), _mm_mul_ps(_mm_set1_ps(w), c)));
+      s = _mm_add_ps(_mm_shuffle_ps(rg, ba, _MM_SHUFFLE(2, 0, 2, 0)), _mm_shuffle_ps(rg, ba, _MM_SHUFFLE(3, 1, 3, 1)));
     } else {
-      Tap<float> t;
-      if (make_tap(fx, fy, Th, Tw, t)) {
-        a = t.sample(pa);
-        const float w = a * trans[x];
-        float* ac = acc + 4 * x;
-        ac[0] += w * t.sample(pr);
-        ac[1] += w * t.sample(pg);
-        ac[2] += w * t.sample(pb);
-        ac[3] += w * static_cast<float>(m.dz * iqz[x]);
+      s = _mm_setzero_ps();
+      if (!(trans[x] < skip_below)) {
+        double fx, fy;
+        texel_coords(m, rx[x], ry[x], Th, Tw, fx, fy);
+        Tap<float> t;
+        if (make_tap(fx, fy, Th, Tw, t)) s = _mm_setr_ps(t.sample(pr), t.sample(pg), t.sample(pb), t.sample(pa));
       }
     }
-    trans[x] *= 1.0f - a + eps;
-    if (trans[x] < skip_below) ++died;
+    _mm_storeu_ps(smp + 4 * x, s);
   }
-  return died;
+  // pass 3: compositing, w = α·T, acc += w·(r, g, b, z), T ← T·(1 − α + ε)
+  const __m128 one = _mm_set1_ps(1.0f), eps = _mm_set1_ps(static_cast<float>(kTransmittanceEps)),
+               skip = _mm_set1_ps(skip_below);
+  const __m128d dz = _mm_set1_pd(m.dz);
+  float *acc_r = acc, *acc_g = acc + Wp, *acc_b = acc + 2 * Wp, *acc_d = acc + 3 * Wp;
+  __m128 alive = _mm_setzero_ps();
+  for (int64_t x = 0; x < Wp; x += 4) {
+    __m128 r = _mm_loadu_ps(smp + 4 * x), g = _mm_loadu_ps(smp + 4 * x + 4), b = _mm_loadu_ps(smp + 4 * x + 8),
+           a = _mm_loadu_ps(smp + 4 * x + 12);
+    _MM_TRANSPOSE4_PS(r, g, b, a);
+    const __m128 T = _mm_loadu_ps(trans + x);
+    const __m128 w = _mm_mul_ps(a, T);
+    const __m128 z = _mm_movelh_ps(_mm_cvtpd_ps(_mm_mul_pd(dz, _mm_loadu_pd(iqz + x))),
+                                   _mm_cvtpd_ps(_mm_mul_pd(dz, _mm_loadu_pd(iqz + x + 2))));
+    _mm_storeu_ps(acc_r + x, _mm_add_ps(_mm_loadu_ps(acc_r + x), _mm_mul_ps(w, r)));
+    _mm_storeu_ps(acc_g + x, _mm_add_ps(_mm_loadu_ps(acc_g + x), _mm_mul_ps(w, g)));
+    _mm_storeu_ps(acc_b + x, _mm_add_ps(_mm_loadu_ps(acc_b + x), _mm_mul_ps(w, b)));
+    _mm_storeu_ps(acc_d + x, _mm_add_ps(_mm_loadu_ps(acc_d + x), _mm_mul_ps(w, z)));
+    const __m128 Tn = _mm_mul_ps(T, _mm_add_ps(_mm_sub_ps(one, a), eps));
+    _mm_storeu_ps(trans + x, Tn);
+    alive = _mm_or_ps(alive, _mm_cmpnlt_ps(Tn, skip));
+  }
+  return _mm_movemask_ps(alive) != 0;
 }
 #endif
 
@@ -316,15 +378,28 @@ void forward_impl(const torch::Tensor& tex, const std::vector<View>& views, cons
     for (int64_t i = 0; i < N; ++i) max_dz[b] = std::max(max_dz[b], maps[b * N + i].dz);
   }
 
+#if defined(__SSE2__)
+  // float32 fast path; int32 texel offsets
+  constexpr bool kFast = std::is_same<scalar_t, float>::value;
+  const bool fast = kFast && P <= (int64_t(1) << 30) && Tw > 1 && Th > 1;
+#else
+  const bool fast = false;
+#endif
+  const int64_t Wp = fast ? (W + 3) / 4 * 4 : W;
+
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<double> rx(W), ry(W), iqz(W);
-    std::vector<scalar_t> trans(W), acc(4 * W);  // acc: [r g b depth] per pixel
+    std::vector<double> rx(Wp), ry(Wp), iqz(Wp);
+    std::vector<scalar_t> trans(Wp), acc(4 * Wp);  // acc: planar rows r, g, b, depth
+#if defined(__SSE2__)
+    RowScratchF32 scratch(fast ? Wp : 0);
+#endif
 #pragma omp for collapse(2) schedule(dynamic, 2)
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t y = 0; y < H; ++y) {
-        row_rays(views[b], y, W, rx.data(), ry.data(), iqz.data());
-        std::fill(trans.begin(), trans.end(), scalar_t(1));
+        row_rays(views[b], y, Wp, rx.data(), ry.data(), iqz.data());
+        std::fill(trans.begin(), trans.begin() + W, scalar_t(1));
+        std::fill(trans.begin() + W, trans.end(), scalar_t(0));  // padding pixels: skipped from the start
         std::fill(acc.begin(), acc.end(), scalar_t(0));
         const int64_t bt = Bt == 1 ? 0 : b;
         double z_max = 0.0;  // largest camera depth any plane can have in this row
@@ -336,22 +411,26 @@ void forward_impl(const torch::Tensor& tex, const std::vector<View>& views, cons
         for (int64_t i = 0; i < N && active > 0; ++i) {
           const scalar_t* pr = tex_p + (bt * N + i) * 4 * P;
 #if defined(__SSE2__)
-          if constexpr (std::is_same<scalar_t, float>::value) {
-            active -= forward_plane_row_f32(maps[b * N + i], pr, Th, Tw, W, rx.data(), ry.data(), iqz.data(),
-                                            trans.data(), acc.data(), skip_below);
-            continue;
+          if constexpr (kFast) {
+            if (fast) {
+              if (!forward_plane_row_f32(maps[b * N + i], pr, Th, Tw, Wp, rx.data(), ry.data(), iqz.data(),
+                                         trans.data(), acc.data(), skip_below, scratch)) {
+                active = 0;
+              }
+              continue;
+            }
           }
 #endif
           active -= forward_plane_row<scalar_t>(maps[b * N + i], pr, Th, Tw, W, rx.data(), ry.data(), iqz.data(),
-                                                trans.data(), acc.data(), skip_below);
+                                                trans.data(), acc.data(), Wp, skip_below);
         }
+        const scalar_t *acc_r = acc.data(), *acc_g = acc_r + Wp, *acc_b = acc_g + Wp, *acc_d = acc_b + Wp;
         scalar_t* out = img_p + b * 3 * H * W + y * W;
         for (int64_t x = 0; x < W; ++x) {
-          const scalar_t* ac = acc.data() + 4 * x;
-          out[x] = scalar_t(2) * ac[0] - scalar_t(1);  // spec §3.3: image = 2c − 1
-          out[H * W + x] = scalar_t(2) * ac[1] - scalar_t(1);
-          out[2 * H * W + x] = scalar_t(2) * ac[2] - scalar_t(1);
-          dep_p[b * H * W + y * W + x] = ac[3];
+          out[x] = scalar_t(2) * acc_r[x] - scalar_t(1);  // spec §3.3: image = 2c − 1
+          out[H * W + x] = scalar_t(2) * acc_g[x] - scalar_t(1);
+          out[2 * H * W + x] = scalar_t(2) * acc_b[x] - scalar_t(1);
+          dep_p[b * H * W + y * W + x] = acc_d[x];
         }
       }
     }
