@@ -142,17 +142,17 @@ def extract_mesh(ctx: JobContext) -> dict[str, Any]:
 
 
 def _experiment_for(generator: Any, preset_name: str) -> Any:
+    """The preset's camera, training and eval settings around the imported generator's own architecture
+    (its resolution and widths win: a checkpoint is what it is; the discriminator and dataset follow)."""
     from gmpi_core.config import preset
 
     cfg = preset(preset_name)
     fields = type(cfg.generator).model_fields
-    updates = {
-        k: getattr(generator, k) for k in fields if isinstance(getattr(generator, k, None), (int, float, str))
-    }
-    try:
-        return cfg.with_updates(generator=updates)
-    except ValueError:
-        return cfg
+    arch = {k: v for k, v in (getattr(generator, "config", None) or {}).items() if k in fields}
+    res = arch.get("img_resolution", cfg.generator.img_resolution)
+    return cfg.with_updates(
+        generator=arch, discriminator={"img_resolution": res}, dataset={"resolution": res}
+    )
 
 
 @app.task(name="gmpi.render.import_model")

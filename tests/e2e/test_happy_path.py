@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -99,3 +100,30 @@ def test_render_video_job_writes_an_mp4(stack: Stack, trained: dict[str, Any]) -
     assert job["state"] == "succeeded", (job, stack.log("worker-render"))
     video = next(a for a in job["artifacts"] if a["key"].endswith("video_rgb_horizontal.mp4"))
     assert _fetch(video)[4:8] == b"ftyp"
+
+
+def test_imported_stylegan2_pickle_becomes_a_model_that_renders(stack: Stack) -> None:
+    """A StyleGAN2-ADA persistence pickle (format version 6, nested modules, random tiny weights) goes in
+    through POST /v1/models/import and comes out as a committed GMPI model whose views render; the
+    pickle's embedded module source is never executed (it would write the marker file)."""
+    import tempfile
+
+    from tests.gmpi_core.checkpoints.fixtures import build_sg2_pickle, executing_module_src
+
+    with tempfile.TemporaryDirectory() as tmp:
+        marker = Path(tmp) / "module_src-was-executed"
+        fx = build_sg2_pickle(executing_module_src(str(marker)))
+        r = stack.client.post(
+            "/v1/models/import", params={"kind": "stylegan2_pkl", "preset": "FFHQ256"}, content=fx.data
+        )
+        assert r.status_code == 201, r.text
+        model = r.json()
+        assert not marker.exists()
+    assert model["id"] in {m["id"] for m in stack.client.get("/v1/models").json()["items"]}
+    views = []
+    for yaw in (-0.3, 0.3):
+        r = stack.client.post(f"/v1/models/{model['id']}/render", json={"seed": 1, "yaw": yaw, "planes": 8})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text[:300]
+        views.append(PIL.Image.open(io.BytesIO(r.content)))
+    assert views[0].size == (fx.config.resolution, fx.config.resolution)
+    assert views[0].tobytes() != views[1].tobytes()
