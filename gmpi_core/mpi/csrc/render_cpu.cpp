@@ -26,7 +26,7 @@
 #include <omp.h>
 
 #if defined(__SSE2__)
-#include <emmintrin.h>
+#include <emmintrin.h>  // SSE2 (baseline x86-64); also declares _mm_prefetch
 #endif
 
 #include <algorithm>
@@ -156,16 +156,17 @@ inline void texel_coords(const PlaneMap& m, double rx, double ry, int64_t Th, in
 }
 
 // Ray ratios of pixel row y: r_x, r_y and 1/q_z for x = 0..W−1.
-inline void row_rays(const View& v, int64_t y, int64_t W, double* rx, double* ry, double* iqz) {
+inline void row_rays(const View& v, int64_t y, int64_t x0, int64_t n, double* rx, double* ry, double* iqz) {
   const double* A = v.A;
-  for (int64_t x = 0; x < W; ++x) {
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t x = x0 + k;
     const double qx = A[0] * x + A[1] * y + A[2];
     const double qy = A[3] * x + A[4] * y + A[5];
     const double qz = A[6] * x + A[7] * y + A[8];
     const double inv = 1.0 / qz;
-    rx[x] = qx * inv;
-    ry[x] = qy * inv;
-    iqz[x] = inv;
+    rx[k] = qx * inv;
+    ry[k] = qy * inv;
+    iqz[k] = inv;
   }
 }
 
@@ -265,7 +266,7 @@ struct RowScratchF32 {
 // Returns whether some pixel of the row is still above skip_below after this plane.
 inline bool forward_plane_row_f32(const PlaneMap& m, const float* pr, int64_t Th, int64_t Tw, int64_t Wp,
                                   const double* rx, const double* ry, const double* iqz, float* trans,
-                                  float* acc, float skip_below, RowScratchF32& sc) {
+                                  float* acc, int64_t acc_stride, float skip_below, RowScratchF32& sc) {
   const int64_t P = Th * Tw;
   const float *pg = pr + P, *pb = pg + P, *pa = pb + P;
   int32_t* off = sc.off.data();
@@ -310,15 +311,16 @@ inline bool forward_plane_row_f32(const PlaneMap& m, const float* pr, int64_t Th
     __m128 s;
     if (interior[x]) {
       const int64_t o = off[x], o2 = o + Tw;
-#ifdef PF_ROWS
-      if ((x & PF_MASK) == 0) {
-        const int64_t op = o + PF_ROWS * Tw;
+      // Software prefetch of the texel row two rows down (about what a nearby pixel row reads: every
+      // plane advances by about one texel row per pixel row), once per four pixels (~ one cache line):
+      // 4·N streams per row are too many for the hardware prefetchers.
+      if ((x & 3) == 0) {
+        const int64_t op = o + 2 * Tw;
         _mm_prefetch(reinterpret_cast<const char*>(pr + op), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(pg + op), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(pb + op), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(pa + op), _MM_HINT_T0);
       }
-#endif
       const __m128 wt = _mm_loadu_ps(wts + 8 * x), wb = _mm_loadu_ps(wts + 8 * x + 4);
       auto pair2 = [](const float* p, const float* q) {
         return _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))),
@@ -342,7 +344,7 @@ inline bool forward_plane_row_f32(const PlaneMap& m, const float* pr, int64_t Th
   const __m128 one = _mm_set1_ps(1.0f), eps = _mm_set1_ps(static_cast<float>(kTransmittanceEps)),
                skip = _mm_set1_ps(skip_below);
   const __m128d dz = _mm_set1_pd(m.dz);
-  float *acc_r = acc, *acc_g = acc + Wp, *acc_b = acc + 2 * Wp, *acc_d = acc + 3 * Wp;
+  float *acc_r = acc, *acc_g = acc + acc_stride, *acc_b = acc + 2 * acc_stride, *acc_d = acc + 3 * acc_stride;
   __m128 alive = _mm_setzero_ps();
   for (int64_t x = 0; x < Wp; x += 4) {
     __m128 r = _mm_loadu_ps(smp + 4 * x), g = _mm_loadu_ps(smp + 4 * x + 4), b = _mm_loadu_ps(smp + 4 * x + 8),
@@ -385,52 +387,66 @@ void forward_impl(const torch::Tensor& tex, const std::vector<View>& views, cons
 #else
   const bool fast = false;
 #endif
-  const int64_t Wp = fast ? (W + 3) / 4 * 4 : W;
+
+  // Work items: (view, chunk of kRows pixel rows, block of kCols columns); a thread renders its item row by
+  // row, so the texel rows the next pixel row shares with this one (about one of two per plane and channel)
+  // are still in its L2: one pixel row of a block reads ~N·4·2·kCols·4 bytes (~200 KB at N = 96, 64
+  // columns). Measured on 2 cores: ~10 % (R = 256) to ~20 % (R = 512) faster than whole rows.
+  const int64_t kCols = fast ? 64 : W, kRows = 16;
+  const int64_t n_cb = (W + kCols - 1) / kCols, n_rc = (H + kRows - 1) / kRows;
+  const int64_t Cp = fast ? (std::min(kCols, W) + 3) / 4 * 4 : W;  // block width, padded for the fast path
 
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<double> rx(Wp), ry(Wp), iqz(Wp);
-    std::vector<scalar_t> trans(Wp), acc(4 * Wp);  // acc: planar rows r, g, b, depth
+    std::vector<double> rx(Cp), ry(Cp), iqz(Cp);
+    std::vector<scalar_t> trans(Cp), acc(4 * Cp);  // acc: planar rows r, g, b, depth
 #if defined(__SSE2__)
-    RowScratchF32 scratch(fast ? Wp : 0);
+    RowScratchF32 scratch(fast ? Cp : 0);
 #endif
-#pragma omp for collapse(2) schedule(dynamic, 2)
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t y = 0; y < H; ++y) {
-        row_rays(views[b], y, Wp, rx.data(), ry.data(), iqz.data());
-        std::fill(trans.begin(), trans.begin() + W, scalar_t(1));
-        std::fill(trans.begin() + W, trans.end(), scalar_t(0));  // padding pixels: skipped from the start
-        std::fill(acc.begin(), acc.end(), scalar_t(0));
-        const int64_t bt = Bt == 1 ? 0 : b;
-        double z_max = 0.0;  // largest camera depth any plane can have in this row
-        for (int64_t x = 0; x < W; ++x) z_max = std::max(z_max, max_dz[b] * iqz[x]);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < B * n_rc * n_cb; ++item) {
+      const int64_t b = item / (n_rc * n_cb), rc = item / n_cb % n_rc, cb = item % n_cb;
+      const int64_t x0 = cb * kCols, cw = std::min(kCols, W - x0);
+      const int64_t cwp = fast ? (cw + 3) / 4 * 4 : cw;
+      const int64_t bt = Bt == 1 ? 0 : b;
+      const double* A = views[b].A;
+      for (int64_t y = rc * kRows; y < std::min(H, (rc + 1) * kRows); ++y) {
+        double z_max = 0.0;  // largest camera depth any plane can have in this (whole) row
+        for (int64_t x = 0; x < W; ++x) {
+          z_max = std::max(z_max, max_dz[b] * (1.0 / (A[6] * x + A[7] * y + A[8])));
+        }
         // float64 renders (gradcheck, references) never skip
         const scalar_t skip_below =
             sizeof(scalar_t) < 8 ? static_cast<scalar_t>(kSkipBound / std::max(2.0, z_max)) : scalar_t(0);
-        int64_t active = W;  // pixels whose transmittance is still above skip_below
+        row_rays(views[b], y, x0, cwp, rx.data(), ry.data(), iqz.data());
+        std::fill(trans.begin(), trans.begin() + cw, scalar_t(1));
+        std::fill(trans.begin() + cw, trans.end(), scalar_t(0));  // padding pixels: skipped from the start
+        std::fill(acc.begin(), acc.end(), scalar_t(0));
+        int64_t active = cw;  // pixels whose transmittance is still above skip_below
         for (int64_t i = 0; i < N && active > 0; ++i) {
           const scalar_t* pr = tex_p + (bt * N + i) * 4 * P;
 #if defined(__SSE2__)
           if constexpr (kFast) {
             if (fast) {
-              if (!forward_plane_row_f32(maps[b * N + i], pr, Th, Tw, Wp, rx.data(), ry.data(), iqz.data(),
-                                         trans.data(), acc.data(), skip_below, scratch)) {
+              if (!forward_plane_row_f32(maps[b * N + i], pr, Th, Tw, cwp, rx.data(), ry.data(), iqz.data(),
+                                         trans.data(), acc.data(), Cp, skip_below, scratch)) {
                 active = 0;
               }
               continue;
             }
           }
 #endif
-          active -= forward_plane_row<scalar_t>(maps[b * N + i], pr, Th, Tw, W, rx.data(), ry.data(), iqz.data(),
-                                                trans.data(), acc.data(), Wp, skip_below);
+          active -= forward_plane_row<scalar_t>(maps[b * N + i], pr, Th, Tw, cw, rx.data(), ry.data(), iqz.data(),
+                                                trans.data(), acc.data(), Cp, skip_below);
         }
-        const scalar_t *acc_r = acc.data(), *acc_g = acc_r + Wp, *acc_b = acc_g + Wp, *acc_d = acc_b + Wp;
-        scalar_t* out = img_p + b * 3 * H * W + y * W;
-        for (int64_t x = 0; x < W; ++x) {
+        const scalar_t *acc_r = acc.data(), *acc_g = acc_r + Cp, *acc_b = acc_g + Cp, *acc_d = acc_b + Cp;
+        scalar_t* out = img_p + b * 3 * H * W + y * W + x0;
+        scalar_t* dep = dep_p + b * H * W + y * W + x0;
+        for (int64_t x = 0; x < cw; ++x) {
           out[x] = scalar_t(2) * acc_r[x] - scalar_t(1);  // spec §3.3: image = 2c − 1
           out[H * W + x] = scalar_t(2) * acc_g[x] - scalar_t(1);
           out[2 * H * W + x] = scalar_t(2) * acc_b[x] - scalar_t(1);
-          dep_p[b * H * W + y * W + x] = acc_d[x];
+          dep[x] = acc_d[x];
         }
       }
     }
@@ -508,7 +524,7 @@ void backward_block(const scalar_t* tex_p, scalar_t* grad_p, const View& v, cons
   scalar_t* h_buf = a_buf + N * W;     // [N, W] h_i = g_c·c_i + g_D·z_i
   scalar_t* run = h_buf + N * W;       // [W] running T (pass 1) / R (pass 2)
   for (int64_t y = y0; y < y1; ++y) {
-    row_rays(v, y, W, rx, ry, iqz);
+    row_rays(v, y, 0, W, rx, ry, iqz);
     const scalar_t* gr = g_img + y * W;
     const scalar_t *gg = gr + H * W, *gb = gg + H * W, *gd = g_dep + y * W;
     // pass 1, front to back: α_i, h_i and T_i
