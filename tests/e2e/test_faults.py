@@ -24,6 +24,13 @@ def _trainer_processes(job_id: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def _tiny_training(trained: dict[str, Any], *, steps: int, ckpt_every: int) -> dict[str, Any]:
+    """Train-job params on the happy path's dataset: synthetic32, batch 4, a log line every step."""
+    dataset = trained["train"]["params"]["dataset_id"]
+    return {"dataset_id": dataset, "preset": "synthetic32", "steps": steps, "ckpt_every": ckpt_every,
+            "log_every": 1, "batch": 4}  # fmt: skip
+
+
 def _wait_gone(job_id: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while _trainer_processes(job_id) and time.monotonic() < deadline:
@@ -34,16 +41,7 @@ def _wait_gone(job_id: str, timeout: float = 30) -> None:
 def test_sigkilled_trainer_resumes_from_its_last_uploaded_checkpoint(
     stack: Stack, trained: dict[str, Any]
 ) -> None:
-    dataset = trained["train"]["params"]["dataset_id"]
-    params = {
-        "dataset_id": dataset,
-        "preset": "synthetic32",
-        "steps": 16,
-        "ckpt_every": 4,
-        "log_every": 1,
-        "batch": 4,
-    }
-    job = stack.submit("train", params)
+    job = stack.submit("train", _tiny_training(trained, steps=16, ckpt_every=4))
     running = stack.wait(job["id"], until=lambda j: j["info"].get("last_checkpoint_step", 0) >= 4)
     assert running["state"] == "running", running
     stack.sh("stop-worker", "train", "KILL")
@@ -59,16 +57,7 @@ def test_sigkilled_trainer_resumes_from_its_last_uploaded_checkpoint(
 
 
 def test_cancelling_a_running_training_stops_its_process_group(stack: Stack, trained: dict[str, Any]) -> None:
-    dataset = trained["train"]["params"]["dataset_id"]
-    params = {
-        "dataset_id": dataset,
-        "preset": "synthetic32",
-        "steps": 5000,
-        "ckpt_every": 1000,
-        "log_every": 1,
-        "batch": 4,
-    }
-    job = stack.submit("train", params)
+    job = stack.submit("train", _tiny_training(trained, steps=5000, ckpt_every=1000))
     stack.wait(job["id"], until=lambda j: j["progress"]["step"] >= 1)
     assert _trainer_processes(job["id"])
     r = stack.client.delete(f"/v1/jobs/{job['id']}")
