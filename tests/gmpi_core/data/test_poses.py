@@ -23,23 +23,9 @@ from gmpi_core.data.poses import (
     write_deep3dface_mat,
     write_eg3d_dataset_json,
 )
+from tests.gmpi_core.closed_form import sphere_w2c
 
 F3 = np.diag([1.0, -1.0, -1.0])
-
-
-def sphere_w2c(yaw: float, pitch: float, r: float, c: float) -> np.ndarray:
-    """Spec §1.3 closed form, inverted as in §1.5: camera at C looking at S = (0, 0, c), zero roll."""
-    horizontal = r * abs(math.cos(pitch))
-    C = np.array([horizontal * math.sin(yaw), -r * math.sin(pitch), c - horizontal * math.cos(yaw)])
-    z = np.array([0.0, 0.0, c]) - C
-    z /= np.linalg.norm(z)
-    x = np.cross([0.0, 1.0, 0.0], z)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    w2c = np.eye(4)
-    w2c[:3, :3] = np.stack([x, y, z])
-    w2c[:3, 3] = -w2c[:3, :3] @ C
-    return w2c
 
 
 def eg3d_lookat_c2w(position: np.ndarray) -> np.ndarray:

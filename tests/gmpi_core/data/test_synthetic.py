@@ -30,25 +30,12 @@ from gmpi_core.data.synthetic import (
     sample_identity,
     synthesize_dataset,
 )
+from tests.gmpi_core.closed_form import sphere_c2w as true_c2w
 
 CAMERA = preset("FFHQ256").camera  # fov 12.6°, planes 0.95…1.12, c = r = 1
 BACKGROUND_Z = 1.12 - 1e-3  # the documented background plane: just before d_far
 TAN_HALF_FOV = math.tan(math.radians(12.6) / 2)  # 0.110401 (spec §1.2 table)
 N_IMAGES, RES = 5, 32
-
-
-def true_c2w(yaw: float, pitch: float, r: float = 1.0, c: float = 1.0) -> np.ndarray:
-    """Spec §1.3 closed form in world coordinates."""
-    horizontal = r * abs(math.cos(pitch))
-    centre = np.array([horizontal * math.sin(yaw), -r * math.sin(pitch), c - horizontal * math.cos(yaw)])
-    z = np.array([0.0, 0.0, c]) - centre
-    z /= np.linalg.norm(z)
-    x = np.cross([0.0, 1.0, 0.0], z)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, centre
-    return c2w
 
 
 def pixel_rays(res: int) -> np.ndarray:

@@ -41,6 +41,7 @@ from gmpi_core.preprocess.template import (
     symmetrize,
     synthetic_mean_landmarks,
 )
+from tests.gmpi_core.closed_form import sphere_w2c
 
 CAMERA = preset("FFHQ256").camera  # fov 12.6°, c = r = 1
 TAN_HALF_FOV = math.tan(math.radians(12.6) / 2)
@@ -65,21 +66,6 @@ def deep3dface_project(points: np.ndarray, angle, trans, focal: float, centre) -
 
 def gmpi_focal(width: int) -> float:
     return width / (2 * TAN_HALF_FOV)
-
-
-def sphere_w2c(yaw: float, pitch: float, r: float = 1.0, c: float = 1.0) -> np.ndarray:
-    """Spec §1.3 closed form, inverted: camera at C looking at S = (0, 0, c), zero roll."""
-    horizontal = r * abs(math.cos(pitch))
-    centre = np.array([horizontal * math.sin(yaw), -r * math.sin(pitch), c - horizontal * math.cos(yaw)])
-    z = np.array([0.0, 0.0, c]) - centre
-    z /= np.linalg.norm(z)
-    x = np.cross([0.0, 1.0, 0.0], z)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    w2c = np.eye(4)
-    w2c[:3, :3] = np.stack([x, y, z])
-    w2c[:3, 3] = -w2c[:3, :3] @ centre
-    return w2c
 
 
 def mirror(points: np.ndarray, width: int) -> np.ndarray:
