@@ -707,7 +707,7 @@ class Trainer:
         fixed latents at the canonical and a tilted pose, and the RGB / alpha planes of the first latent."""
         if not self.env.is_main:
             return []
-        from gmpi_core.render.io import grid, save_png, to_uint8
+        from gmpi_core.render.io import grid, to_uint8
 
         self.ema.copy_to(self.G_ema.parameters())
         for dst, src in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
@@ -717,7 +717,6 @@ class Trainer:
         ncols = max(1, math.ceil(math.sqrt(len(self.sample_z))))
         devices = [self.device] if self.device.type == "cuda" else []
         psi = self.cfg.train.truncation_psi
-        written: list[Path] = []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.train.seed)
             if self.mode == "stylegan2":
@@ -725,12 +724,11 @@ class Trainer:
                     [self.G_ema(z.to(self.device), truncation_psi=psi) for z in self.sample_z.split(8)]
                 )
                 tiles = [to_uint8(im) for im in images]
-                written.append(save_png(out / f"{prefix}_fixed_ema.png", grid(tiles, ncols=ncols)))
-                self._log_images(written)
-                return written
+                return self._write_grids(out, prefix, {"fixed_ema": grid(tiles, ncols=ncols)})
             cam = self.cfg.camera
             offset = 0.3 if self.cfg.dataset.kind == "afhq" else 0.5
             tilt = offset if cam.truncation_k * cam.yaw_std >= offset else 0.0
+            grids: dict[str, np.ndarray] = {}
             fixed, tilted, first_mpi = [], [], None
             for z in self.sample_z.split(8):
                 rgba = self.G_ema(z.to(self.device), self.depth_norm, truncation_psi=psi)
@@ -741,25 +739,26 @@ class Trainer:
             assert first_mpi is not None
             for name, views in (("fixed_ema", fixed), ("tilted_ema", tilted)):
                 tiles = [to_uint8(im) for im in torch.cat(views)]
-                written.append(save_png(out / f"{prefix}_{name}.png", grid(tiles, ncols=ncols)))
+                grids[name] = grid(tiles, ncols=ncols)
             n = first_mpi.shape[0]
             cols = max(1, math.ceil(math.sqrt(n)))
             rgb_tiles = [to_uint8(p, (0.0, 1.0)) for p in first_mpi[:, :3]]
             alpha_tiles = [to_uint8(p, (0.0, 1.0)) for p in first_mpi[:, 3:]]
-            written.append(save_png(out / f"{prefix}_mpi_rgb.png", grid(rgb_tiles, ncols=cols, pad=1)))
-            written.append(save_png(out / f"{prefix}_mpi_alpha.png", grid(alpha_tiles, ncols=cols, pad=1)))
-        self._log_images(written)
-        return written
+            grids["mpi_rgb"] = grid(rgb_tiles, ncols=cols, pad=1)
+            grids["mpi_alpha"] = grid(alpha_tiles, ncols=cols, pad=1)
+        return self._write_grids(out, prefix, grids)
 
-    def _log_images(self, paths: list[Path]) -> None:
-        """The sample grids as TensorBoard images (``samples/fixed_ema`` ...) at the current step."""
+    def _write_grids(self, out: Path, prefix: str, grids: dict[str, np.ndarray]) -> list[Path]:
+        """``<prefix>_<name>.png`` for every grid, and the same grids as TensorBoard images
+        (``samples/<name>``) at the current step."""
+        from gmpi_core.render.io import save_png
+
+        written = [save_png(out / f"{prefix}_{name}.png", image) for name, image in grids.items()]
         tb = self._tensorboard()
-        if not tb:
-            return
-        from PIL import Image
-
-        for path in paths:
-            tag = "samples/" + path.stem.split("_", 1)[1]
-            with Image.open(path) as im:
-                tb.add_image(tag, np.asarray(im.convert("RGB")), self.step_idx, dataformats="HWC")
-        tb.flush()
+        if tb:
+            for name, image in grids.items():
+                grey = image.ndim == 2 or image.shape[-1] == 1
+                rgb = np.repeat(image.reshape(image.shape[:2])[..., None], 3, -1) if grey else image[..., :3]
+                tb.add_image(f"samples/{name}", rgb, self.step_idx, dataformats="HWC")
+            tb.flush()
+        return written
