@@ -257,7 +257,13 @@ def _synthetic(name: str, res: int) -> ExperimentConfig:
             batch_size=8,
             n_planes=16,
             total_iters=2001,
-            lighting=LightingConfig(start_iter=400, grow_n_iters=400),
+            # half the official 0.002, which is tuned for 8 GPUs × 8 = 64 images per step: at one
+            # process's 8 the GMPI stage's depth oscillated instead of settling (synthetic_geometry bench)
+            lr_g=0.001,
+            lr_d=0.001,
+            # shading blends in from identity (no black MPIs, §12.2.1) from step 101 over 400 calls
+            # (≈200 steps at batch_split 1): a short run's geometry is not knocked back mid-training
+            lighting=LightingConfig(start_iter=100, grow_n_iters=400, official_ramp=False),
         ),
         eval=EvalConfig(n_planes=32, n_fid=2048, n_real_fid=2048, n_consistency=256, n_geometry=256),
         dataset=DatasetConfig(kind="synthetic", resolution=res),

@@ -38,11 +38,24 @@ def training_notes(report: dict) -> str:
         for k, v in report["depth_error"].items()
     )
     curve = ", ".join(f"{int(p['step'])}: {p['mean']:.3f}" for p in report["curve"])
+    command = report.get("command") or (
+        f"python scripts/bench/synthetic_geometry.py --budget-min {report['budget_min']:g}"
+    )
+    threads = report.get("torch_threads", "?")
+    quality = ""
+    if report.get("image_quality"):
+        q = report["image_quality"]
+        lines = [
+            f"- {key}: FID {r['fid']:.1f}, KID {r['kid_mean']:.4f} ± {r['kid_std']:.4f} ({r['n_fake']} imgs)"
+            for key, r in q["rows"].items()
+        ]
+        head = f"Image quality against {q['real']['n']} held-out synthetic heads (spec §9.2; few images: FID"
+        quality = "\n\n" + head + " is biased up):\n\n" + "\n".join(lines)
     return f"""# The demo model
 
-Preset `{report["preset"]}` ({report["resolution"]}², synthetic 3D heads), trained on CPU by
-`scripts/bench/synthetic_geometry.py --budget-min {report["budget_min"]:g} --n-images 6000 --threads 1`
-(2 shared cores, other jobs running): a 2D StyleGAN2 for {s1["steps"]} steps ({s1["train_s"] / 60:.1f} min),
+Preset `{report["preset"]}` ({report["resolution"]}², synthetic 3D heads), trained on CPU
+({report["device"]}, {threads} torch threads) by `{command}`:
+a 2D StyleGAN2 for {s1["steps"]} steps ({s1["train_s"] / 60:.1f} min),
 then GMPI initialised from it for {s2["steps"]} steps ({s2["train_s"] / 60:.1f} min). Shipped: the EMA
 generator and the discriminator, stored in float16 (`scripts/make_demo_model.py`).
 
@@ -53,7 +66,7 @@ prior poses, {ev["n_planes"]} planes; a flat image scores 1.0):
 |---|---|---|
 {rows}
 
-Curve over GMPI steps (first latents): {curve}
+Curve over GMPI steps (first latents): {curve}{quality}
 
 This is a tiny model trained for minutes: its heads are blurry. It exists so that `gmpi demo`, the
 viewer and the service stack have a real trained GMPI to show on a machine without a GPU.

@@ -533,8 +533,17 @@ class _Rendered(NamedTuple):
 
 
 def _render_chunk(chunk: _Chunk) -> list[_Rendered]:
-    """Render images [start, stop) and write their pose, depth, mask and landmark files (runs in workers)."""
+    """Render images [start, stop) and write their pose, depth, mask and landmark files (runs in workers,
+    or in the caller's process for ``workers=1``: its torch thread count is restored afterwards)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _render_chunk_files(chunk)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _render_chunk_files(chunk: _Chunk) -> list[_Rendered]:
     rendered = []
     cam = chunk.camera
     for index in range(chunk.start, chunk.stop):

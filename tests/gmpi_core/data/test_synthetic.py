@@ -335,3 +335,15 @@ def test_existing_output_is_kept_unless_it_is_a_dataset_and_overwrite_is_given(t
         synthesize_dataset(out, res=16, n=2, progress=False)
     synthesize_dataset(out, res=16, n=2, progress=False, overwrite=True)
     assert json.loads((out / "meta.json").read_text())["n"] == 2
+
+
+def test_in_process_synthesis_leaves_the_callers_torch_threads_alone(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        synthesize_dataset(tmp_path / "ds", res=16, n=1, workers=1, progress=False)
+        assert torch.get_num_threads() == 2  # the renderer's 1 thread is restored
+    finally:
+        torch.set_num_threads(before)
