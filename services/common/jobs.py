@@ -105,7 +105,8 @@ class JobStore:
                         return self.get(existing.decode()), False
                     except JobNotFound:  # the record was removed; start over with this key
                         self.r.set(idem, job_id, ex=IDEMPOTENCY_TTL_S)
-        now = _now()
+        created = time.time()  # full precision for the index: jobs made within one millisecond keep order
+        now = round(created, 3)
         record = {
             "id": job_id,
             "type": job_type,
@@ -125,7 +126,7 @@ class JobStore:
         }
         pipe = self.r.pipeline()
         pipe.hset(self._key(job_id), mapping={k: json.dumps(v) for k, v in record.items()})
-        pipe.zadd(self._index, {job_id: now})
+        pipe.zadd(self._index, {job_id: created})
         pipe.execute()
         return record, True
 
