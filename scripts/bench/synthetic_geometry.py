@@ -57,7 +57,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ RESOLUTION = 64
 PRESET = "synthetic64"
 EVAL_SEED0 = 10_000  # latents of the evaluation set: torch.manual_seed(10_000 + i) (spec §9.1 style)
 POSE_SEED = 20_000  # generator seed of the evaluation poses
+HELDOUT_SEED = 1  # dataset seed of the FID/KID reals (training data is seed 0)
 NOISE_SEED = 30_000  # synthesis noise of the evaluation renders (fixed: the curve is not noisy by noise)
 TARGET = 0.5
 _BIG = 10**9  # max_steps / ckpt_every of the Trainers: this script decides when to stop and save
@@ -132,13 +133,16 @@ class EvalSet:
     pitch: Tensor  # [n]
 
     @classmethod
-    def build(cls, cfg: ExperimentConfig, n: int) -> EvalSet:
+    def build(
+        cls, cfg: ExperimentConfig, n: int, seed0: int = EVAL_SEED0, pose_seed: int = POSE_SEED
+    ) -> EvalSet:
+        """Latent seeds seed0 … seed0 + n − 1 at n prior poses drawn with ``pose_seed``."""
         cam = cfg.camera
-        g = torch.Generator().manual_seed(POSE_SEED)
+        g = torch.Generator().manual_seed(pose_seed)
         yaw, pitch = sample_sphere_poses(
             n, cam.yaw_std, cam.pitch_std, cam.truncation_k, cam.yaw_mean, cam.pitch_mean, g
         )
-        return cls(list(range(EVAL_SEED0, EVAL_SEED0 + n)), yaw, pitch)
+        return cls(list(range(seed0, seed0 + n)), yaw, pitch)
 
     def head(self, n: int) -> EvalSet:
         return EvalSet(self.seeds[:n], self.yaw[:n], self.pitch[:n])
@@ -165,21 +169,37 @@ def ema_pipeline(trainer: Trainer) -> GMPI:
     return GMPI(trainer.G_ema, trainer.cfg)  # type: ignore[arg-type]
 
 
+@torch.no_grad()
+def render_chunks(
+    gmpi: GMPI, ev: EvalSet, n_planes: int, size: int, noise_seed: int, chunk: int = 32
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(image [c, 3, S, S] in [−1, 1], depth [c, S, S]) on the CPU for consecutive chunks of ``ev``; the
+    synthesis noise is one stream seeded with ``noise_seed`` in a forked RNG state."""
+    devices = [gmpi.device] if gmpi.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(noise_seed)
+        for i in range(0, len(ev.seeds), chunk):
+            mpi = gmpi.generate(seeds=ev.seeds[i : i + chunk], n_planes=n_planes)
+            image, depth = gmpi.render(mpi, ev.yaw[i : i + chunk], ev.pitch[i : i + chunk], size=size)
+            yield image.float().cpu(), depth[:, 0].float().cpu()
+
+
+@torch.no_grad()
+def two_d_images(gmpi: GMPI, two_d: torch.nn.Module, seeds: list[int]) -> Tensor:
+    """The 2D stage's images [n, 3, R, R] in [−1, 1] for the latents of ``seeds`` (constant noise)."""
+    z = gmpi.latents(seeds).to(next(two_d.parameters()).device)
+    return two_d(z, truncation_psi=1.0, noise_mode="const").float()
+
+
 def evaluate_gmpi(
     gmpi: GMPI, ev: EvalSet, table: PoseMatchedDepth, n_planes: int, chunk: int = 32
 ) -> tuple[Rendered, Tensor, Tensor]:
     """GMPI renders of the evaluation set and their depth errors; also (reference depth, metric mask)."""
     ref, mask, _ = table.references(ev.yaw, ev.pitch)
-    size = table.resolution[0]
     images, depths = [], []
-    devices = [gmpi.device] if gmpi.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(NOISE_SEED)
-        for i in range(0, len(ev.seeds), chunk):
-            mpi = gmpi.generate(seeds=ev.seeds[i : i + chunk], n_planes=n_planes)
-            image, depth = gmpi.render(mpi, ev.yaw[i : i + chunk], ev.pitch[i : i + chunk], size=size)
-            images.append(image.float().cpu())
-            depths.append(depth[:, 0].float().cpu())
+    for image, depth in render_chunks(gmpi, ev, n_planes, table.resolution[0], NOISE_SEED, chunk):
+        images.append(image)
+        depths.append(depth)
     depth_all = torch.cat(depths)
     return Rendered(zscored_depth_mse(depth_all, ref, mask), torch.cat(images), depth_all), ref, mask
 
@@ -195,8 +215,7 @@ def evaluate_flat(
     dhw, depth_norm = plane_layout(cam, n_planes)
     images, plane_depths = [], []
     for i in range(0, len(ev.seeds), chunk):
-        z = gmpi.latents(ev.seeds[i : i + chunk])
-        image = two_d(z.to(next(two_d.parameters()).device), truncation_psi=1.0, noise_mode="const").float()
+        image = two_d_images(gmpi, two_d, ev.seeds[i : i + chunk])
         # spec §9.1 sanity check: every plane = the 2D image with alpha 1, so the frontmost one is seen
         rgba = torch.cat([(image + 1) / 2, torch.ones_like(image[:, :1])], 1).clamp(0, 1)
         rgba = rgba[:, None].expand(-1, n_planes, -1, -1, -1).contiguous()
@@ -289,38 +308,28 @@ def image_quality(
     from gmpi_core.eval.protocol import to_uint8_batch
 
     if not (heldout / "meta.json").is_file():
-        print(f"[fid] synthesizing {n} held-out heads (seed 1) into {heldout}", flush=True)
-        synthesize_dataset(heldout, res=RESOLUTION, n=n, seed=1, workers=1, camera=cfg.camera)
+        print(f"[fid] synthesizing {n} held-out heads (seed {HELDOUT_SEED}) into {heldout}", flush=True)
+        synthesize_dataset(heldout, res=RESOLUTION, n=n, seed=HELDOUT_SEED, workers=1, camera=cfg.camera)
     extractor = TFInceptionFeatures(device=gmpi.device)
     t0 = time.perf_counter()
     real, info = real_features(
         heldout, extractor, n=n, resolution=RESOLUTION, seed=0, cache=RealFeatureCache(default_cache_dir())
     )
     real_s = time.perf_counter() - t0
-    seeds = list(range(EVAL_SEED0 + 100_000, EVAL_SEED0 + 100_000 + n))  # disjoint from the depth set
-    g = torch.Generator().manual_seed(POSE_SEED + 1)
-    cam = cfg.camera
-    yaw, pitch = sample_sphere_poses(
-        n, cam.yaw_std, cam.pitch_std, cam.truncation_k, cam.yaw_mean, cam.pitch_mean, g
-    )
+    # latents and poses disjoint from the depth evaluation set's
+    ev = EvalSet.build(cfg, n, seed0=EVAL_SEED0 + 100_000, pose_seed=POSE_SEED + 1)
     chunk = 32
 
-    def gmpi_batches():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(NOISE_SEED + 1)
-            for i in range(0, n, chunk):
-                mpi = gmpi.generate(seeds=seeds[i : i + chunk], n_planes=n_planes)
-                image, _ = gmpi.render(mpi, yaw[i : i + chunk], pitch[i : i + chunk], size=RESOLUTION)
-                yield torch.from_numpy(to_uint8_batch(image)).permute(0, 3, 1, 2)
+    def as_uint8(image: Tensor) -> Tensor:
+        return torch.from_numpy(to_uint8_batch(image)).permute(0, 3, 1, 2)
 
-    def two_d_batches():
-        device = next(two_d.parameters()).device
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(NOISE_SEED + 2)
-            for i in range(0, n, chunk):
-                z = gmpi.latents(seeds[i : i + chunk]).to(device)
-                image = two_d(z, truncation_psi=1.0, noise_mode="const").float()
-                yield torch.from_numpy(to_uint8_batch(image)).permute(0, 3, 1, 2)
+    def gmpi_batches() -> Iterator[Tensor]:
+        for image, _ in render_chunks(gmpi, ev, n_planes, RESOLUTION, NOISE_SEED + 1, chunk):
+            yield as_uint8(image)
+
+    def two_d_batches() -> Iterator[Tensor]:
+        for i in range(0, n, chunk):
+            yield as_uint8(two_d_images(gmpi, two_d, ev.seeds[i : i + chunk]))
 
     rows: dict[str, Any] = {}
     for key, batches in (("gmpi", gmpi_batches), ("two_d_stage", two_d_batches)):
@@ -331,7 +340,7 @@ def image_quality(
     return {
         "real": {
             "dataset": str(heldout),
-            "seed": 1,
+            "seed": HELDOUT_SEED,
             "n": info["n"],
             "cached": info["cached"],
             "seconds": real_s,
