@@ -37,11 +37,17 @@ few hundred images FID is biased upwards (KID is not): compare rows of one repor
     python scripts/bench/synthetic_geometry.py --quick --out runs/geometry-quick       # ~3 min smoke run
 
 The budget counts training only (optimiser steps and checkpoints); dataset synthesis, loading the ground
-truth and evaluations are timed and reported separately. Steps per budget depend on the machine being
-quiet: with other processes on the cores, torch's multi-threaded kernels slow down several-fold
-(``--threads 1`` then helps); ``report.json`` records steps, seconds and threads. Rerunning with the
-same ``--out`` resumes: the Trainer continues from its latest checkpoint and ``progress.json`` holds the
-training time spent up to it.
+truth and evaluations are timed and reported separately. Steps per budget depend on the machine and on
+it being quiet: with other processes on the cores, torch's multi-threaded kernels slow down several-fold
+(``--threads 1`` then helps), and 2-core machines of the same kind have differed 2.5–3.4× in step time;
+``report.json`` records steps, seconds and threads. ``--reference-clock`` makes the budget
+machine-independent: it trains the step counts the reference machine trains in ``--budget-min``
+(``REFERENCE_S_PER_STEP``), and ``--steps N1 N2`` fixes them directly:
+
+    python scripts/bench/synthetic_geometry.py --reference-clock --budget-min 30 --out runs/geometry
+
+Rerunning with the same ``--out`` resumes: the Trainer continues from its latest checkpoint and
+``progress.json`` holds the training time spent up to it; a larger budget or step count extends stage 2.
 Outputs in ``--out``: ``report.json``, ``curve.csv``, ``curve.png``, ``samples.png`` (rows: GMPI render,
 its depth, the pose-matched GT depth, the 2D stage's image; depths z-scored inside the metric mask as the
 metric sees them, near = bright, grey outside), ``stage1/`` and ``stage2/`` (Trainer outputs).
@@ -81,6 +87,17 @@ POSE_SEED = 20_000  # generator seed of the evaluation poses
 HELDOUT_SEED = 1  # dataset seed of the FID/KID reals (training data is seed 0)
 NOISE_SEED = 30_000  # synthesis noise of the evaluation renders (fixed: the curve is not noisy by noise)
 TARGET = 0.5
+# Seconds per training step of the two stages on the reference machine (the 2-core machine with 2 torch
+# threads, run r2 of EXPERIMENTS.md: 1025 steps in 450 s, 1908 steps in 1350 s). ``--reference-clock``
+# turns a time budget into step counts with them, so a slower machine trains exactly as much.
+REFERENCE_S_PER_STEP = (0.439, 0.708)
+
+
+def reference_steps(stage1_s: float, stage2_s: float) -> list[int]:
+    """Steps the reference machine trains in ``stage1_s`` and ``stage2_s`` seconds (at least one each)."""
+    return [max(1, round(t / s)) for t, s in zip((stage1_s, stage2_s), REFERENCE_S_PER_STEP, strict=True)]
+
+
 _BIG = 10**9  # max_steps / ckpt_every of the Trainers: this script decides when to stop and save
 
 
@@ -468,17 +485,23 @@ def train_stage(
     progress: Progress,
     ckpt_every_s: float,
     on_step: Any = None,
+    max_steps: int | None = None,
 ) -> dict[str, float]:
-    """Call ``trainer.step()`` until ``budget_s`` training seconds are spent; checkpoint on the way and at
-    the end. ``on_step(trainer)`` runs after every step outside the clock (the curve evaluations)."""
+    """Call ``trainer.step()`` until ``budget_s`` training seconds are spent (or, with ``max_steps``, until
+    the trainer reaches that step, whatever the time); checkpoint on the way and at the end.
+    ``on_step(trainer)`` runs after every step outside the clock (the curve evaluations)."""
     elapsed = progress.elapsed_at(stage, trainer.step_idx)
     if trainer.resumed_from is not None:
         print(f"[{stage}] resumed at step {trainer.step_idx}, {elapsed:.0f} s of {budget_s:.0f} s spent")
+
+    def more() -> bool:
+        return elapsed < budget_s if max_steps is None else trainer.step_idx < max_steps
+
     last_ckpt, last_print = elapsed, time.perf_counter()
     stats: dict[str, float] = {}
     if on_step is not None:
         on_step(trainer)
-    while elapsed < budget_s:
+    while more():
         t0 = time.perf_counter()
         stats = trainer.step()
         if elapsed + (time.perf_counter() - t0) - last_ckpt >= ckpt_every_s:
@@ -490,8 +513,13 @@ def train_stage(
             elapsed += time.perf_counter() - t0
         if time.perf_counter() - last_print > 30:
             last_print = time.perf_counter()
+            goal = (
+                f"{elapsed:6.0f}/{budget_s:.0f} s"
+                if max_steps is None
+                else f"of {max_steps}, {elapsed:6.0f} s"
+            )
             print(
-                f"[{stage}] step {trainer.step_idx:5d}  {elapsed:6.0f}/{budget_s:.0f} s  "
+                f"[{stage}] step {trainer.step_idx:5d}  {goal}  "
                 f"loss_d {stats['loss_d']:.3f} loss_g {stats['loss_g']:.3f} {stats['step_time']:.2f} s/step",
                 flush=True,
             )
@@ -518,6 +546,21 @@ def train_stage(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--budget-min", type=float, default=30.0, help="training minutes, both stages together")
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs=2,
+        metavar=("STAGE1", "STAGE2"),
+        default=None,
+        help="fixed step counts of the two stages instead of a time budget (machine-independent)",
+    )
+    p.add_argument(
+        "--reference-clock",
+        action="store_true",
+        help="turn --budget-min and --two-d-fraction into fixed step counts at the reference machine's "
+        f"measured step times (stage 1 {REFERENCE_S_PER_STEP[0]} s, stage 2 {REFERENCE_S_PER_STEP[1]} s): "
+        "the same training on a slower or busy machine",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/geometry"))
     p.add_argument("--data", type=Path, default=None, help="synthetic dataset (default runs/synth64-n<N>)")
     p.add_argument("--n-images", type=int, default=20_000, help="heads to synthesize when --data is missing")
@@ -548,6 +591,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.budget_min, args.n_images, args.eval_every, args.curve_latents = 3.0, 2000, 25, 32
         args.fid_images = min(args.fid_images, 64)
         args.ckpt_every_min = 1.0
+    if args.reference_clock:
+        if args.steps is not None:
+            p.error("--reference-clock and --steps are alternatives; give one")
+        budget = args.budget_min * 60
+        args.steps = reference_steps(budget * args.two_d_fraction, budget * (1 - args.two_d_fraction))
+    if args.steps is not None and min(args.steps) < 1:
+        p.error(f"--steps needs two positive step counts, got {args.steps}")
     if not 0 < args.two_d_fraction < 1:
         p.error(f"--two-d-fraction must lie in (0, 1), got {args.two_d_fraction}")
     if args.curve_latents > args.n_eval:
@@ -584,7 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not progress.data["stage1"]["done"]:
         cfg1 = cfg.with_updates(train={"lr_g": args.two_d_lr, "lr_d": args.two_d_lr})
         t1 = Trainer(cfg1, out / "stage1", mode="stylegan2", **common)  # type: ignore[arg-type]
-        train_stage("stage1", t1, budget1, progress, args.ckpt_every_min * 60)
+        steps1 = None if args.steps is None else args.steps[0]
+        train_stage("stage1", t1, budget1, progress, args.ckpt_every_min * 60, max_steps=steps1)
         t1.close()
         del t1
     model1 = out / "stage1" / "model"
@@ -618,8 +669,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # a rerun with a larger --budget-min extends stage 2 (stage 1 is final once stage 2 started from it)
     s2 = progress.data["stage2"]
-    if not s2["done"] or s2.get("train_s", 0.0) < stage2_budget - 1.0:
-        train_stage("stage2", t2, stage2_budget, progress, args.ckpt_every_min * 60, on_step=curve_point)
+    steps2 = None if args.steps is None else args.steps[1]
+    unfinished = (
+        s2.get("train_s", 0.0) < stage2_budget - 1.0 if steps2 is None else s2.get("steps", 0) < steps2
+    )
+    if not s2["done"] or unfinished:
+        train_stage(
+            "stage2",
+            t2,
+            stage2_budget,
+            progress,
+            args.ckpt_every_min * 60,
+            on_step=curve_point,
+            max_steps=steps2,
+        )
     curve_point(t2, force=True)  # the last step, unless already measured
 
     # final evaluation ------------------------------------------------------------------------------
@@ -666,7 +729,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n_ground_truth_views": len(table),
         "device": str(gmpi.device),
         "torch_threads": torch.get_num_threads(),
-        "budget_min": args.budget_min,
+        "budget_min": None if args.steps is not None else args.budget_min,
+        "fixed_steps": args.steps,
         "command": "python scripts/bench/synthetic_geometry.py " + " ".join(argv_used),
         "stage1": {"mode": "stylegan2", "steps": s1["steps"], "train_s": s1["train_s"]},
         "note": "train_s counts optimiser steps and checkpoints only; other processes on the CPU slow it",
