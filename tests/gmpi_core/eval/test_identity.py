@@ -207,3 +207,19 @@ def test_arcface_onnx_embedder_feeds_template_aligned_rgb_scaled_to_minus_one_on
 def test_arcface_missing_model_file_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="--arcface-model"):
         ArcFaceONNXEmbedder(tmp_path / "w600k_r50.onnx")
+
+
+def test_an_opencv_without_the_tensorflow_importer_names_the_pinned_version(facenet, monkeypatch):
+    """OpenCV 5.1 dropped ``cv2.dnn.readNetFromTensorflow``: the error says which OpenCV reads the graph."""
+    import cv2
+
+    monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow")
+    with pytest.raises(ImportError, match=r"opencv-python-headless==\d+\.\d+.*--embedder arcface"):
+        FaceNetEmbedder(facenet.model_path)
+
+
+def test_a_graph_opencv_cannot_parse_is_a_clear_error(facenet, tmp_path):
+    bad = tmp_path / "graph_final.pb"
+    bad.write_bytes(b"\x0a\x05not a graph" * 8)
+    with pytest.raises(RuntimeError, match=r"could not read the FaceNet graph .*graph_final\.pb"):
+        FaceNetEmbedder(bad)
