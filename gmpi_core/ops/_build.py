@@ -8,6 +8,12 @@ Environment:
     GMPI_FUSED=0        never build or use fused kernels (reference paths only)
     GMPI_BUILD_VERBOSE=1  print the compiler output
     TORCH_EXTENSIONS_DIR  where builds are cached (torch's own variable)
+    GMPI_BUILD_LOCK_TIMEOUT  seconds after which a build lock is taken as stale (default 300)
+
+torch guards each build directory with a ``lock`` file and waits for it to vanish, forever: a process
+killed mid-build (Ctrl-C twice, SIGKILL, a CI timeout) leaves one behind and every later process hangs on
+its first fused op. Before a build we wait for a lock at most ``GMPI_BUILD_LOCK_TIMEOUT`` seconds of its
+age, then remove it with a warning (a build takes about a minute; the lock holds no process id to ask).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +31,44 @@ from types import ModuleType
 import torch
 
 _lock = threading.Lock()
+DEFAULT_LOCK_TIMEOUT_S = 300.0
 _cache: dict[str, ModuleType | None] = {}
 _errors: dict[str, str] = {}
+
+
+def _build_directory(full_name: str) -> Path:
+    """Where torch builds ``full_name``: $TORCH_EXTENSIONS_DIR/<name>, or <default root>/py3X_<cu>/<name>."""
+    from torch.utils import cpp_extension
+
+    try:  # torch's own rule (private, so guarded)
+        return Path(cpp_extension._get_build_directory(full_name, verbose=False))
+    except Exception:
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+        return Path(root) / full_name
+
+
+def clear_stale_lock(build_dir: Path, timeout_s: float | None = None, poll_s: float = 0.5) -> bool:
+    """Wait while ``build_dir/lock`` is younger than ``timeout_s`` (another process is building); remove
+    it once older (its builder died). Returns True when a stale lock was removed."""
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("GMPI_BUILD_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT_S))
+    lock = build_dir / "lock"
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age >= timeout_s:
+            break
+        time.sleep(min(poll_s, timeout_s - age))
+    warnings.warn(
+        f"gmpi: removing a stale build lock {lock} ({age:.0f} s old; a process building there was "
+        "killed). Set GMPI_BUILD_LOCK_TIMEOUT to wait longer for slow builds.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    lock.unlink(missing_ok=True)
+    return True
 
 
 @dataclass(frozen=True)
@@ -122,6 +165,7 @@ def load_extension(
             for src in sources:
                 digest.update(Path(src).read_bytes())
             full_name = f"gmpi_{name}_{digest.hexdigest()[:10]}"
+            clear_stale_lock(_build_directory(full_name))
             cflags = ["-O3", *(extra_cflags or [])]
             if not cuda:
                 cflags += ["-fopenmp"]

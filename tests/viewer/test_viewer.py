@@ -232,10 +232,26 @@ def test_gateway_mode_toggle_jobs_and_api_key(browser: Any, server: Server) -> N
     assert post["headers"].get("X-API-Key") == "test-key"
     page.uncheck("#server-toggle")
     assert page.locator("#canvas").is_visible() and page.locator("#server-image").is_hidden()
-    # a key typed into the field is stored and sent from then on
+    # a key typed into the field is stored and sent from then on: the change reloads the model list and
+    # the jobs (wait for those requests; a jobs poll already in flight may still carry the old key)
+    before = len(server.requests)
     page.fill("#api-key", "new-key")
     page.dispatch_event("#api-key", "change")
     assert page.evaluate("localStorage.getItem('gmpi.apiKey')") == "new-key"
+
+    def reloads() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in server.requests[before:]
+            if r["path"] == "/v1/models" or r["path"].startswith("/v1/models?")
+        ]
+
+    deadline = time.monotonic() + 10.0
+    while not reloads():
+        assert time.monotonic() < deadline, "changing the key did not reload the model list"
+        time.sleep(0.02)
+    assert [r["headers"].get("X-API-Key") for r in reloads()] == ["new-key"] * len(reloads())
     page.wait_for_function("gmpiViewer.status === 'ready'")
-    assert server.requests[-1]["headers"].get("X-API-Key") == "new-key"
+    mpi_after = [r for r in server.requests[before:] if r["path"].startswith(f"/v1/models/{MODEL_ID}/mpi?")]
+    assert all(r["headers"].get("X-API-Key") == "new-key" for r in mpi_after)
     page.context.close()

@@ -47,3 +47,41 @@ def test_prebuild_without_a_cuda_toolkit_names_each_cuda_kernel_that_failed(tmp_
     assert set(failed) == {"bias_act", "upfirdn2d", "mpi_render_cuda"}
     assert all(reason for reason in failed.values())
     assert not torch.cuda.is_available() and _build._allow_without_gpu is False
+
+
+def test_a_stale_build_lock_is_removed_with_a_warning(tmp_path):
+    """A process killed mid-build leaves torch's ``lock``; torch would wait for it forever."""
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    old = time.time() - 120
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match="stale build lock"):
+        assert _build.clear_stale_lock(tmp_path, timeout_s=60) is True
+    assert not lock.exists()
+    assert _build.clear_stale_lock(tmp_path, timeout_s=60) is False  # no lock: nothing to do
+
+
+def test_a_live_build_lock_is_waited_for_not_removed(tmp_path):
+    import threading
+    import time
+    import warnings
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    # the "other builder" finishes after 0.3 s; the timeout is far away, so we wait and remove nothing
+    done = threading.Timer(0.3, lock.unlink)
+    done.start()
+    t0 = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _build.clear_stale_lock(tmp_path, timeout_s=30, poll_s=0.05) is False
+    assert 0.25 <= time.monotonic() - t0 < 10
+    done.join()
+
+
+def test_build_directory_is_torchs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert _build._build_directory("gmpi_x_0123456789") == tmp_path / "gmpi_x_0123456789"
