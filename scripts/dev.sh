@@ -53,7 +53,7 @@ case "$cmd" in
   lint) ensure_env
         "$VENV/bin/ruff" check gmpi_core services tests scripts docker
         "$VENV/bin/ruff" format --check gmpi_core services tests scripts docker
-        "$VENV/bin/mypy" gmpi_core ;;
+        "$VENV/bin/mypy" gmpi_core services ;;
   env)  ensure_env ;;
   *) echo "usage: scripts/dev.sh demo|test|lint|env [args...]" >&2; exit 2 ;;
 esac

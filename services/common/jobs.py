@@ -58,6 +58,11 @@ class JobNotFound(KeyError):
         return f"no job '{self.args[0]}'"
 
 
+def _text(value: Any) -> str:
+    """A Redis reply (bytes: the client does not decode responses) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _now() -> float:
     return round(time.time(), 3)
 
@@ -102,7 +107,7 @@ class JobStore:
                 existing = self.r.get(idem)
                 if existing is not None:
                     try:
-                        return self.get(existing.decode()), False
+                        return self.get(_text(existing)), False
                     except JobNotFound:  # the record was removed; start over with this key
                         self.r.set(idem, job_id, ex=IDEMPOTENCY_TTL_S)
         created = time.time()  # full precision for the index: jobs made within one millisecond keep order
@@ -134,7 +139,7 @@ class JobStore:
         raw = self.r.hgetall(self._key(job_id))
         if not raw:
             raise JobNotFound(job_id)
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        return {_text(k): json.loads(v) for k, v in raw.items()}
 
     def state(self, job_id: str) -> str:
         raw = self.r.hget(self._key(job_id), "state")
@@ -152,7 +157,7 @@ class JobStore:
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
         """Newest first, filtered; → (page, total matching)."""
-        ids = [i.decode() for i in self.r.zrevrange(self._index, 0, -1)]
+        ids = [_text(i) for i in self.r.zrevrange(self._index, 0, -1)]
         matched = []
         for job_id in ids:
             try:

@@ -9,6 +9,7 @@ Transient connection errors are retried with exponential backoff for up to ``ret
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import hashlib
 import json
@@ -244,7 +245,7 @@ class Storage(ABC):
                 out[rel] = self.put_file(prefix + rel, p)
         return out
 
-    def download_prefix(self, prefix: str, local: str | os.PathLike[str]) -> list[Path]:
+    def download_prefix(self, prefix: str, local: str | os.PathLike[str]) -> builtins.list[Path]:
         root = Path(local)
         return [self.get_file(k, root / k[len(prefix) :]) for k in self.list(prefix)]
 
@@ -304,7 +305,7 @@ class S3Storage(Storage):
         from minio.commonconfig import REPLACE, CopySource
 
         tmp = temp_key()
-        meta = {"sha256": sha256}
+        meta: dict[str, str | builtins.list[str] | tuple[str]] = {"sha256": sha256}
         try:
             with open(path, "rb") as f:
                 self.client.put_object(
@@ -417,7 +418,7 @@ class DirStorage(Storage):
 
     def _list(self, prefix: str) -> list[str]:
         base = self.root
-        out = []
+        out: list[str] = []
         if not base.is_dir():
             return out
         for d, _, names in os.walk(base):

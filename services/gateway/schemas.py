@@ -10,7 +10,16 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from gmpi_core.config import PRESETS
 
 Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="a lower-case slug id")]
-_METRICS = ("fid", "kid", "identity", "depth", "pose")
+MetricName = Literal["fid", "kid", "identity", "depth", "pose"]
+_METRICS: tuple[MetricName, ...] = ("fid", "kid", "identity", "depth", "pose")
+
+
+def _all_metrics() -> list[MetricName]:
+    return list(_METRICS)
+
+
+def _default_formats() -> list[Literal["mp4", "gif"]]:
+    return ["mp4"]
 
 
 class Strict(BaseModel):
@@ -90,9 +99,7 @@ class TrainParams(Strict):
 class EvalParams(Strict):
     model_id: Id
     dataset_id: Id | None = Field(None, description="real images for FID/KID")
-    metrics: list[Literal["fid", "kid", "identity", "depth", "pose"]] = Field(
-        default_factory=lambda: list(_METRICS), min_length=1
-    )
+    metrics: list[MetricName] = Field(default_factory=_all_metrics, min_length=1)
     debug: bool = Field(False, description="the protocol's small debug counts")
     n_fid: int | None = Field(None, ge=2, le=100_000)
     n_real: int | None = Field(None, ge=2, le=100_000)
@@ -117,7 +124,7 @@ class VideoParams(Strict):
     sweep: Literal["horizontal", "vertical"] = "horizontal"
     frames: int = Field(30, ge=2, le=600)
     size: int | None = Field(None, ge=16, le=2048)
-    formats: list[Literal["mp4", "gif"]] = Field(default_factory=lambda: ["mp4"], min_length=1, max_length=2)
+    formats: list[Literal["mp4", "gif"]] = Field(default_factory=_default_formats, min_length=1, max_length=2)
 
 
 class MeshParams(Strict):

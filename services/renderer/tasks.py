@@ -102,8 +102,12 @@ def export_mpi(
     gmpi, mpi = get_mpi(model_id, seed, psi, planes)
     with tempfile.TemporaryDirectory(prefix="gmpi-mpi-") as tmp:
         out = write_export(
-            mpi, gmpi.config.camera, Path(tmp) / "mpi", fmt=fmt, extra={"seed": seed, "psi": psi}
-        )  # type: ignore[arg-type]
+            mpi,
+            gmpi.config.camera,
+            Path(tmp) / "mpi",
+            fmt=fmt,  # type: ignore[arg-type]  # "png" | "webp", checked by the route
+            extra={"seed": seed, "psi": psi},
+        )
         files = storage.upload_dir(out, prefix)
     storage.commit(prefix, files, {"model_id": model_id, "seed": seed, "psi": psi})
     return prefix

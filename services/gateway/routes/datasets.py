@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
@@ -51,7 +52,7 @@ def _view(storage: Storage, rec: dict) -> Dataset:
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="create an empty dataset")
 def create_dataset(body: DatasetCreate, _: ApiKey, storage: StorageDep) -> Dataset:
-    rec = {"id": new_id("ds"), "name": body.name, "created_at": round(time.time(), 3)}
+    rec: dict[str, Any] = {"id": new_id("ds"), "name": body.name, "created_at": round(time.time(), 3)}
     storage.put_json(dataset_prefix(rec["id"]) + RECORD, rec)
     return _view(storage, rec)
 

@@ -24,7 +24,9 @@ from services.gateway.schemas import Model, ModelList, MpiExport, MpiPlane, Rend
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 RENDER_SECONDS = Histogram("gmpi_render_seconds", "sync render latency (gateway side)", ["kind"])
-_PNG = {200: {"content": {"image/png": {}}, "description": "the view as PNG"}}
+_PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "the view as PNG"}
+}
 
 
 def _manifest(storage: Storage, model_id: str) -> dict[str, Any]:
