@@ -36,15 +36,14 @@ _cache: dict[str, ModuleType | None] = {}
 _errors: dict[str, str] = {}
 
 
-def _build_directory(full_name: str) -> Path:
-    """Where torch builds ``full_name``: $TORCH_EXTENSIONS_DIR/<name>, or <default root>/py3X_<cu>/<name>."""
+def _build_directory(full_name: str) -> Path | None:
+    """Where torch builds ``full_name`` (its own private rule; None if a torch release changed it)."""
     from torch.utils import cpp_extension
 
-    try:  # torch's own rule (private, so guarded)
+    try:
         return Path(cpp_extension._get_build_directory(full_name, verbose=False))
     except Exception:
-        root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
-        return Path(root) / full_name
+        return None
 
 
 def clear_stale_lock(build_dir: Path, timeout_s: float | None = None, poll_s: float = 0.5) -> bool:
@@ -165,7 +164,9 @@ def load_extension(
             for src in sources:
                 digest.update(Path(src).read_bytes())
             full_name = f"gmpi_{name}_{digest.hexdigest()[:10]}"
-            clear_stale_lock(_build_directory(full_name))
+            build_dir = _build_directory(full_name)
+            if build_dir is not None:
+                clear_stale_lock(build_dir)
             cflags = ["-O3", *(extra_cflags or [])]
             if not cuda:
                 cflags += ["-fopenmp"]

@@ -178,7 +178,7 @@ class JobStore:
         """Move to ``state`` (with extra fields) unless the job already ended; → whether it moved."""
         extra = {k: json.dumps(v) for k, v in fields.items()}
         out = self._transition(keys=[self._key(job_id)], args=[state, _now(), json.dumps(extra)])
-        out = out.decode() if isinstance(out, bytes) else out
+        out = _text(out)
         if out == "missing":
             raise JobNotFound(job_id)
         return out == "ok"
@@ -189,7 +189,7 @@ class JobStore:
         for k, v in {**fields, "updated_at": _now()}.items():
             args += [k, json.dumps(v)]
         out = self._update_live(keys=[self._key(job_id)], args=args)
-        out = out.decode() if isinstance(out, bytes) else out
+        out = _text(out)
         if out == "missing":
             raise JobNotFound(job_id)
         return out == "ok"

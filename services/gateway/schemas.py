@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -11,7 +11,7 @@ from gmpi_core.config import PRESETS
 
 Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="a lower-case slug id")]
 MetricName = Literal["fid", "kid", "identity", "depth", "pose"]
-_METRICS: tuple[MetricName, ...] = ("fid", "kid", "identity", "depth", "pose")
+_METRICS: tuple[MetricName, ...] = get_args(MetricName)
 
 
 def _all_metrics() -> list[MetricName]:
