@@ -11,14 +11,15 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# torch first, pinned, from the CPU index; the constraint keeps anything below from replacing it
+# torch first, pinned, from the CPU index; its constraint keeps anything below from replacing it, and
+# constraints.txt holds everything else at the versions the test suite passed with
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
-    && echo "torch==${TORCH_VERSION}" > /opt/constraints.txt
+    && echo "torch==${TORCH_VERSION}" > /opt/torch-constraint.txt
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY constraints.txt pyproject.toml README.md ./
 COPY gmpi_core ./gmpi_core
 COPY services ./services
-RUN pip install --no-cache-dir -c /opt/constraints.txt ".[services]" \
+RUN pip install --no-cache-dir -c /opt/torch-constraint.txt -c constraints.txt ".[services]" \
     && python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 'torch was replaced')"
 
 # ---- runtime ----------------------------------------------------------------------------------------

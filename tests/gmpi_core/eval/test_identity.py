@@ -223,3 +223,14 @@ def test_a_graph_opencv_cannot_parse_is_a_clear_error(facenet, tmp_path):
     bad.write_bytes(b"\x0a\x05not a graph" * 8)
     with pytest.raises(RuntimeError, match=r"could not read the FaceNet graph .*graph_final\.pb"):
         FaceNetEmbedder(bad)
+
+
+def test_the_named_opencv_is_the_one_the_project_pins():
+    """The error messages name OPENCV_PIN; pyproject.toml and constraints.txt must install that same one."""
+    from pathlib import Path
+
+    from gmpi_core.eval.identity import OPENCV_PIN
+
+    repo = Path(__file__).resolve().parents[3]
+    assert f'"{OPENCV_PIN}"' in (repo / "pyproject.toml").read_text()
+    assert OPENCV_PIN in (repo / "constraints.txt").read_text().splitlines()
