@@ -7,6 +7,7 @@ overwritten by a late progress report; an idempotency key maps to the first job 
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 JOB_TYPES: tuple[str, ...] = ("preprocess", "train", "evaluate", "render_video", "extract_mesh")
 IDEMPOTENCY_TTL_S = 24 * 3600
+_LIST_BATCH = 500  # index entries per pipelined round trip when listing with filters
 _JSON_FIELDS = ("params", "progress", "result", "error", "artifacts", "metrics", "info")
 
 # KEYS[1] job hash; ARGV[1] new state, ARGV[2] now, ARGV[3] JSON of extra fields (already encoded values)
@@ -156,22 +158,60 @@ class JobStore:
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Newest first, filtered; → (page, total matching)."""
-        ids = [_text(i) for i in self.r.zrevrange(self._index, 0, -1)]
-        matched = []
+        """Newest first, filtered; → (page, total matching).
+
+        Unfiltered, the page comes straight from the creation-time index (two round trips whatever the
+        number of jobs). Filtered, the index is walked in pipelined batches reading only the three
+        filter fields, and only the page's records are read whole. Index entries whose record is gone
+        are dropped from the index on the way.
+        """
+        limit, offset = max(0, limit), max(0, offset)
+        if job_type is None and state is None and owner is None:
+            total = int(self.r.zcard(self._index))
+            ids = []
+            if limit:
+                ids = [_text(i) for i in self.r.zrevrange(self._index, offset, offset + limit - 1)]
+            page = self._get_many(ids)
+            return page, total - (len(ids) - len(page))
+        page_ids: list[str] = []
+        total = 0
+        stale: list[str] = []
+        batch = _LIST_BATCH
+        for start in range(0, int(self.r.zcard(self._index)), batch):
+            ids = [_text(i) for i in self.r.zrevrange(self._index, start, start + batch - 1)]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(self._key(job_id), "type", "state", "owner")
+            for job_id, (typ, st, own) in zip(ids, pipe.execute(), strict=True):
+                if typ is None:
+                    stale.append(job_id)
+                    continue
+                if job_type and json.loads(typ) != job_type:
+                    continue
+                if state and json.loads(st) != state:
+                    continue
+                if owner is not None and own is not None and json.loads(own) not in (None, owner):
+                    continue
+                if offset <= total < offset + limit:
+                    page_ids.append(job_id)
+                total += 1
+        if stale:
+            self.r.zrem(self._index, *stale)
+        return self._get_many(page_ids), total
+
+    def _get_many(self, ids: builtins.list[str]) -> builtins.list[dict[str, Any]]:
+        """Records of ``ids`` in order (one pipelined round trip); ids whose record is gone are
+        skipped and dropped from the index."""
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
-            try:
-                rec = self.get(job_id)
-            except JobNotFound:
-                continue
-            if job_type and rec["type"] != job_type:
-                continue
-            if state and rec["state"] != state:
-                continue
-            if owner is not None and rec.get("owner") not in (None, owner):
-                continue
-            matched.append(rec)
-        return matched[offset : offset + limit], len(matched)
+            pipe.hgetall(self._key(job_id))
+        raws = pipe.execute()
+        stale = [job_id for job_id, raw in zip(ids, raws, strict=True) if not raw]
+        if stale:
+            self.r.zrem(self._index, *stale)
+        return [{_text(k): json.loads(v) for k, v in raw.items()} for raw in raws if raw]
 
     # -- updates -----------------------------------------------------------------------------------
     def transition(self, job_id: str, state: JobState, **fields: Any) -> bool:

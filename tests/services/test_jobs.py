@@ -56,3 +56,58 @@ def test_list_filters_and_paginates_newest_first(jobs: JobStore) -> None:
 def test_unknown_job_raises(jobs: JobStore) -> None:
     with pytest.raises(JobNotFound):
         jobs.get("job-nope")
+
+
+def _calls(jobs: JobStore, command: str) -> int:
+    stats = jobs.r.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_unfiltered_list_reads_only_the_page(jobs: JobStore) -> None:
+    ids = [jobs.create("train", {"i": i})[0]["id"] for i in range(120)]
+    jobs.r.config_resetstat()
+    page, total = jobs.list(limit=10, offset=20)
+    assert total == 120 and [r["id"] for r in page] == ids[::-1][20:30]
+    assert _calls(jobs, "hgetall") == 10 and _calls(jobs, "hmget") == 0  # not one read per job
+    page, total = jobs.list(limit=10, offset=500)
+    assert page == [] and total == 120
+    assert jobs.list(limit=0)[0] == []
+
+
+@pytest.mark.parametrize("batch", [3, 500])
+def test_filtered_list_walks_the_index_in_batches(jobs: JobStore, monkeypatch, batch: int) -> None:
+    import services.common.jobs as jobs_mod
+
+    monkeypatch.setattr(jobs_mod, "_LIST_BATCH", batch)
+    made = []
+    for i in range(40):
+        owner = ("alice", "bob", None)[i % 3]
+        rec, _ = jobs.create("train" if i % 2 else "render", {"i": i}, owner=owner)
+        if i % 5 == 0:
+            jobs.transition(rec["id"], "running")
+        made.append(rec)
+    newest_first = made[::-1]
+
+    def expect(pred):
+        return [r["id"] for r in newest_first if pred(r)]
+
+    # owner filter: a user sees their own jobs and the owner-less ones, never another user's
+    want = expect(lambda r: r["owner"] in ("alice", None))
+    jobs.r.config_resetstat()
+    page, total = jobs.list(owner="alice", limit=7, offset=4)
+    assert total == len(want) and [r["id"] for r in page] == want[4:11]
+    assert _calls(jobs, "hgetall") == 7  # whole records only for the page
+
+    want = expect(lambda r: r["type"] == "train" and made.index(r) % 5 == 0)
+    page, total = jobs.list(job_type="train", state="running", limit=50)
+    assert total == len(want) == 4 and [r["id"] for r in page] == want
+    assert all(r["state"] == "running" for r in page)
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_list_skips_and_forgets_vanished_records(jobs: JobStore, filtered: bool) -> None:
+    ids = [jobs.create("train", {"i": i})[0]["id"] for i in range(4)]
+    jobs.r.delete(jobs._key(ids[2]))  # the record went (expired, deleted by hand); its index entry stayed
+    page, _ = jobs.list(job_type="train" if filtered else None)
+    assert [r["id"] for r in page] == [ids[3], ids[1], ids[0]]
+    assert jobs.r.zscore(jobs._index, ids[2]) is None and jobs.list()[1] == 3
