@@ -245,23 +245,36 @@ class JobStore:
         )
 
     def add_artifacts(self, job_id: str, keys: Iterable[str]) -> None:
-        rec = self.get(job_id)
-        merged = list(dict.fromkeys([*rec["artifacts"], *keys]))
-        self.r.hset(self._key(job_id), "artifacts", json.dumps(merged))
+        keys = builtins.list(keys)
+        self._merge_field(
+            job_id, "artifacts", lambda cur: builtins.list(dict.fromkeys([*(cur or []), *keys]))
+        )
 
     def merge_metrics(self, job_id: str, metrics: dict[str, Any]) -> None:
-        rec = self.get(job_id)
-        self.r.hset(self._key(job_id), "metrics", json.dumps({**rec["metrics"], **metrics}))
+        self._merge_field(job_id, "metrics", lambda cur: {**(cur or {}), **metrics})
 
     def merge_info(self, job_id: str, info: dict[str, Any]) -> None:
-        rec = self.get(job_id)
-        self.r.hset(self._key(job_id), "info", json.dumps({**rec["info"], **info}))
+        self._merge_field(job_id, "info", lambda cur: {**(cur or {}), **info})
 
     def incr_attempts(self, job_id: str) -> int:
-        rec = self.get(job_id)
-        n = int(rec.get("attempts") or 0) + 1
-        self.r.hset(self._key(job_id), "attempts", json.dumps(n))
-        return n
+        if not self.r.exists(self._key(job_id)):
+            raise JobNotFound(job_id)
+        return int(self.r.hincrby(self._key(job_id), "attempts", 1))  # a JSON int is a Redis integer
+
+    def _merge_field(self, job_id: str, field: str, merge: Any) -> None:
+        """Read-merge-write of one JSON field under WATCH: concurrent merges (a trainer's checkpoint
+        thread and its loop, say) all land instead of the last writer erasing the others."""
+        key = self._key(job_id)
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            if not pipe.exists(key):
+                raise JobNotFound(job_id)
+            raw = pipe.hget(key, field)
+            value = merge(json.loads(raw) if raw is not None else None)
+            pipe.multi()
+            pipe.hset(key, field, json.dumps(value))
+
+        self.r.transaction(txn, key)
 
     def incr_counter(self, job_id: str, name: str, by: int = 1) -> int:
         return int(self.r.hincrby(f"{self._key(job_id)}:counters", name, by))

@@ -111,3 +111,46 @@ def test_list_skips_and_forgets_vanished_records(jobs: JobStore, filtered: bool)
     page, _ = jobs.list(job_type="train" if filtered else None)
     assert [r["id"] for r in page] == [ids[3], ids[1], ids[0]]
     assert jobs.r.zscore(jobs._index, ids[2]) is None and jobs.list()[1] == 3
+
+
+def test_concurrent_merges_all_land(jobs: JobStore, settings: Settings) -> None:
+    """Workers merge artifacts, metrics and info from several threads (a trainer's checkpoint
+    uploader beside its loop): no merge may erase another."""
+    import threading
+
+    rec, _ = jobs.create("train", {})
+    job_id = rec["id"]
+    n_threads, n_each = 6, 25
+    barrier = threading.Barrier(n_threads)
+
+    def work(t: int) -> None:
+        store = JobStore.from_url(settings.redis_url)
+        barrier.wait()
+        for i in range(n_each):
+            store.add_artifacts(job_id, [f"a/{t}/{i}"])
+            store.merge_metrics(job_id, {f"m{t}_{i}": i / 3})
+            store.merge_info(job_id, {f"i{t}_{i}": t})
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    got = jobs.get(job_id)
+    assert sorted(got["artifacts"]) == sorted(f"a/{t}/{i}" for t in range(n_threads) for i in range(n_each))
+    assert len(got["metrics"]) == len(got["info"]) == n_threads * n_each
+    assert got["metrics"]["m5_2"] == 2 / 3  # floats keep full precision
+
+
+def test_attempts_count_atomically_and_missing_jobs_raise(jobs: JobStore) -> None:
+    rec, _ = jobs.create("train", {})
+    assert [jobs.incr_attempts(rec["id"]) for _ in range(3)] == [1, 2, 3]
+    assert jobs.get(rec["id"])["attempts"] == 3
+    for call in (
+        lambda: jobs.incr_attempts("job-gone"),
+        lambda: jobs.add_artifacts("job-gone", ["x"]),
+        lambda: jobs.merge_metrics("job-gone", {"a": 1}),
+    ):
+        with pytest.raises(JobNotFound):
+            call()
+    assert not jobs.r.exists(jobs._key("job-gone"))  # nothing half-made for a missing job
