@@ -27,6 +27,7 @@ __all__ = [
     "allreduce_gradients",
     "barrier",
     "broadcast_module",
+    "broadcast_object",
     "init_distributed",
     "inside_torchrun",
     "module_digest",
@@ -135,6 +136,16 @@ def allreduce_gradients(module: nn.Module) -> None:
         flat.div_(world)
         for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
             g.copy_(reduced)
+
+
+def broadcast_object(obj: Any, src: int = 0, device: torch.device | None = None) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (pickled; NCCL stages it through ``device``)."""
+    if not _active():
+        return obj
+    box = [obj if dist.get_rank() == src else None]
+    stage = device if device is not None and device.type == "cuda" else None
+    dist.broadcast_object_list(box, src=src, device=stage)
+    return box[0]
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -55,6 +55,7 @@ from gmpi_core.train.losses import d_logistic_loss, g_nonsaturating_loss, r1_pen
 from gmpi_core.train.sampler import ResumableDistributedSampler
 from gmpi_core.train.state import (
     CheckpointDir,
+    atomic_write_bytes,
     atomic_write_text,
     capture_rng_state,
     load_checkpoint,
@@ -74,6 +75,16 @@ _SG2_KEYS = (
 )  # fmt: skip
 
 log = logging.getLogger("gmpi.train")
+
+
+def _ckpt_step(path: Path | None) -> int:
+    """The step in a ``ckpt_NNNNNNN.pt`` name; -1 for none."""
+    if path is None:
+        return -1
+    try:
+        return int(path.stem.split("_")[1])
+    except (IndexError, ValueError):
+        return -1
 
 
 class TrainingError(ValueError):
@@ -259,9 +270,12 @@ class Trainer:
         )
         self.resumed_from: Path | None = None
         if resume:
-            latest = self.checkpoints.latest()
+            latest = self._agree_on_checkpoint()
             if latest is not None:
                 self._load(latest)
+            steps = dist_utils.all_gather_objects(self.step_idx)
+            if len(set(steps)) > 1:  # cannot happen after the agreement; a hang later would be worse
+                raise TrainingError(f"ranks resumed at different steps {steps}")
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", cfg.model_dump_json(indent=2) + "\n")
@@ -656,6 +670,47 @@ class Trainer:
         save_pretrained(target, self.G, ema_state=ema_state, extra=extra)
         save_pretrained(target / "discriminator", self.D, extra={"step": self.step_idx, "mode": self.mode})
         return target
+
+    def _agree_on_checkpoint(self) -> Path | None:
+        """The checkpoint every rank resumes from: the newest any rank holds.
+
+        Without a shared file system (nodes of a multi-node run, each with its own ``--out``), only the
+        nodes that held rank 0 have the checkpoints; a node restarted elsewhere, or an elastic restart
+        that moved rank 0, would otherwise resume from an older one or from scratch, and the ranks would
+        train different steps. Ranks lacking the newest checkpoint receive a copy over the process group
+        (written atomically into their own ``checkpoints/``) before anyone loads.
+        """
+        local = self.checkpoints.latest()
+        if self.env.world_size == 1:
+            return local
+        mine = (_ckpt_step(local), local.name if local is not None else None)
+        held = dist_utils.all_gather_objects(mine)
+        best = max(step for step, _ in held)
+        if best < 0:
+            return None
+        src = min(r for r, (step, _) in enumerate(held) if step == best)
+        name = held[src][1]
+        lacking = [r for r, (step, _) in enumerate(held) if step != best]
+        if lacking:
+            if self.env.is_main:
+                self.log.warning(
+                    "rank(s) %s lack checkpoint %s (step %d); rank %d sends its copy",
+                    lacking,
+                    name,
+                    best,
+                    src,
+                )
+            payload = dist_utils.broadcast_object(
+                local.read_bytes() if self.env.rank == src and local is not None else None,
+                src=src,
+                device=self.device,
+            )
+            if self.env.rank in lacking:
+                atomic_write_bytes(self.checkpoints.root / name, payload)
+                atomic_write_text(self.checkpoints.root / "latest", name + "\n")
+            del payload
+            dist_utils.barrier()
+        return self.checkpoints.root / name
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)

@@ -29,6 +29,7 @@ import torch
 __all__ = [
     "CheckpointDir",
     "atomic_save",
+    "atomic_write_bytes",
     "atomic_write_text",
     "capture_rng_state",
     "load_checkpoint",
@@ -70,6 +71,10 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save(obj)`` to ``path`` via temp file + fsync + rename: readers never see a partial file."""
     return _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    return _atomic_write(Path(path), lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

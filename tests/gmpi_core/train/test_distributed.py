@@ -88,3 +88,72 @@ def test_two_process_gloo_training_ends_with_equal_parameters_and_rank0_alone_wr
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
     assert (out / "model" / "config.json").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _two_nodes(cfg_json: Path, outs: list[Path], steps: int) -> list[str]:
+    """Two "nodes" (torchrun agents, one process each, static rendezvous on localhost), node i writing
+    to its own ``outs[i]``: a multi-node run without a shared file system."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    port = _free_port()
+    procs = []
+    for node, out in enumerate(outs):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+            f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}",
+            "-m", "gmpi_core.train.cli", "--config-json", str(cfg_json), "--out", str(out),
+            "--steps", str(steps), "--device", "cpu", "--workers", "0", "--log-every", "1",
+            "--ckpt-every", "2", "--sample-every", "0", "--no-progress",
+        ]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True))
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    for p, err in zip(procs, errs, strict=True):
+        assert p.returncode == 0, err[-4000:]
+    return errs
+
+
+def _losses(out: Path) -> dict[int, dict]:
+    return {rec["step"]: rec for rec in map(json.loads, (out / "log.jsonl").read_text().splitlines())}
+
+
+@pytest.mark.slow
+def test_a_node_without_the_checkpoint_receives_it_and_the_run_resumes_exactly(
+    synthetic_data,  # noqa: F811
+    tmp_path,
+):
+    """Nodes with their own disks: only the node that held rank 0 has the checkpoints. Resumed with
+    the ranks swapped (rank 0 now on the node that has none, as after an elastic restart), every rank
+    must resume from the newest checkpoint any node holds, and the run must continue exactly as an
+    uninterrupted one."""
+    cfg_json = tmp_path / "cfg.json"
+    cfg_json.write_text(tiny_config(synthetic_data).model_dump_json())
+    a, b = tmp_path / "node-a", tmp_path / "node-b"
+    _two_nodes(cfg_json, [a, b], steps=2)
+    assert (a / "checkpoints" / "ckpt_0000002.pt").is_file() and not (b / "checkpoints").exists()
+
+    errs = _two_nodes(cfg_json, [b, a], steps=4)  # rank 0 on node b, which holds nothing
+    assert "lack checkpoint ckpt_0000002.pt" in errs[0] and "rank 1 sends its copy" in errs[0]
+    assert (b / "checkpoints" / "ckpt_0000002.pt").read_bytes() == (
+        a / "checkpoints" / "ckpt_0000002.pt"
+    ).read_bytes()
+    state = load_checkpoint(b / "checkpoints" / "ckpt_0000004.pt")
+    assert state["step"] == 4 and state["param_digests"][0] == state["param_digests"][1]
+
+    ref_a, ref_b = tmp_path / "ref-a", tmp_path / "ref-b"
+    _two_nodes(cfg_json, [ref_a, ref_b], steps=4)
+    ref, resumed = _losses(ref_a), _losses(b)
+    assert sorted(resumed) == [3, 4]  # the new rank 0 logs from the resumed step on
+    for step in (3, 4):
+        for key in ("loss_g", "loss_d"):
+            assert resumed[step][key] == pytest.approx(ref[step][key], rel=1e-5, abs=1e-6), (step, key)
+    ref_state = load_checkpoint(ref_a / "checkpoints" / "ckpt_0000004.pt")
+    assert state["param_digests"][0] == ref_state["param_digests"][0]
