@@ -6,10 +6,15 @@ stay in step with ``k8s/templates/pytorchjob.yaml`` (``tests/deploy`` compares t
 the Kubernetes API with the pod's service-account token over plain HTTPS (stdlib only); the RBAC it needs
 is in ``k8s/overlays/gpu/rbac.yaml``.
 
-Every node runs::
+Every node runs the node agent (:mod:`services.trainer.node`) around torchrun::
 
-    torchrun --nnodes=N --nproc-per-node=K --rdzv-backend=c10d --rdzv-endpoint=<job>-worker-0:29400 \\
+    python -m services.trainer.node --job-id <id> -- \\
+        torchrun --nnodes=N --nproc-per-node=K --rdzv-backend=c10d --rdzv-endpoint=<job>-worker-0:29400 \\
         --rdzv-id=<job> --max-restarts=3 -m gmpi_core.train.cli <train_args>
+
+The agent stages the job's dataset and last uploaded checkpoint into the pod's cache, appends the job's
+own trainer arguments (``--data``, ``--out``, ``--steps``, ...) to the command, uploads checkpoints and
+the log as they are written, and publishes the model from the node that ends up holding rank 0.
 
 Submitting is idempotent: a re-delivered task finds its job already there (HTTP 409) and waits on it.
 """
@@ -34,6 +39,7 @@ __all__ = [
     "PLURAL",
     "RDZV_PORT",
     "KubeClient",
+    "PyTorchJobCancelled",
     "PyTorchJobError",
     "build_pytorchjob",
     "delete_pytorchjob",
@@ -51,11 +57,17 @@ GPU_POOL_LABEL = "gmpi.io/pool"
 SETTINGS_CONFIGMAP = "gmpi-settings"
 SECRETS_NAME = "gmpi-secrets"
 DEFAULT_ENTRY = "gmpi_core.train.cli"
+NODE_AGENT = "services.trainer.node"
+POLL_S = 15.0  # seconds between reads of a PyTorchJob's state
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class PyTorchJobError(RuntimeError):
     """The PyTorchJob failed, vanished, or the Kubernetes API refused a request."""
+
+
+class PyTorchJobCancelled(PyTorchJobError):
+    """``should_stop`` asked :func:`wait_pytorchjob` to stop; the PyTorchJob was deleted."""
 
 
 def job_name(job_id: str) -> str:
@@ -90,7 +102,8 @@ def build_pytorchjob(
 ) -> dict[str, Any]:
     """The ``PyTorchJob`` manifest for one training job on ``nnodes`` nodes x ``nproc_per_node`` GPUs.
 
-    ``train_args`` are the arguments of ``gmpi train`` (or of ``entry_module``), passed through unchanged.
+    ``train_args`` are extra arguments of ``gmpi train`` (or of ``entry_module``); the node agent inserts
+    the job's own arguments before them, so these win where both give a flag.
     ``min_nnodes < nnodes`` makes the job elastic in size (torchrun ``--nnodes=MIN:MAX``); node failures
     restart the workers from the last checkpoint up to ``max_restarts`` times either way.
     """
@@ -111,6 +124,12 @@ def build_pytorchjob(
     }
     nnodes_arg = str(nnodes) if min_nodes == nnodes else f"{min_nodes}:{nnodes}"
     command = [
+        "python",
+        "-m",
+        NODE_AGENT,
+        "--job-id",
+        job_id,
+        "--",
         "torchrun",
         f"--nnodes={nnodes_arg}",
         f"--nproc-per-node={nproc_per_node}",
@@ -342,16 +361,20 @@ def wait_pytorchjob(
     on_progress: Callable[[str, dict[str, Any]], None] | None = None,
     *,
     client: KubeClient | None = None,
-    poll_s: float = 15.0,
+    poll_s: float | None = None,
     timeout_s: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Poll the job until it succeeds (returns its status) or fails (raises :class:`PyTorchJobError`).
 
     ``on_progress(state, status)`` is called whenever the state changes. ``timeout_s`` defaults to
     ``settings.task_time_limit_s``; on timeout the job is left running and ``TimeoutError`` is raised.
+    When ``should_stop()`` turns true (checked every second), the job and its pods are deleted and
+    :class:`PyTorchJobCancelled` is raised.
     """
     client = client or KubeClient.in_cluster()
     namespace = _namespace(settings)
+    poll_s = POLL_S if poll_s is None else poll_s
     limit = timeout_s if timeout_s is not None else float(getattr(settings, "task_time_limit_s", 86400))
     deadline = time.monotonic() + limit
     last = None
@@ -376,7 +399,12 @@ def wait_pytorchjob(
             )
         if time.monotonic() >= deadline:
             raise TimeoutError(f"PyTorchJob {name} still {state} after {limit:.0f} s")
-        time.sleep(poll_s)
+        next_poll = time.monotonic() + poll_s
+        while time.monotonic() < next_poll:
+            if should_stop is not None and should_stop():
+                delete_pytorchjob(name, settings, client=client)
+                raise PyTorchJobCancelled(f"PyTorchJob {name} deleted: its job was cancelled")
+            time.sleep(min(1.0, max(0.0, next_poll - time.monotonic())))
 
 
 def delete_pytorchjob(name: str, settings: Any, *, client: KubeClient | None = None) -> bool:

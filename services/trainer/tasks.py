@@ -38,7 +38,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def train_command(ctx: JobContext, data: Path, poses: Path | None, run: Path, nproc: int) -> list[str]:
+def train_args(ctx: JobContext, data: Path, poses: Path | None, run: Path) -> list[str]:
+    """The ``gmpi_core.train.cli`` arguments of the job (the same for one process, torchrun or a node)."""
     p = ctx.params
     args = ["--preset", p["preset"], "--data", str(data), "--out", str(run), "--no-progress"]
     args += [
@@ -55,10 +56,22 @@ def train_command(ctx: JobContext, data: Path, poses: Path | None, run: Path, np
     for flag in ("batch", "planes", "seed"):
         if p.get(flag) is not None:
             args += [f"--{flag}", str(p[flag])]
+    return args
+
+
+def train_command(ctx: JobContext, data: Path, poses: Path | None, run: Path, nproc: int) -> list[str]:
+    args = train_args(ctx, data, poses, run)
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                 "-m", "gmpi_core.train.cli", *args]  # fmt: skip
     return [sys.executable, "-m", "gmpi_core.train.cli", *args]
+
+
+def stage_inputs(ctx: JobContext) -> tuple[Path, Path | None]:
+    """The job's dataset images (and poses unless ``use_poses`` is off) in the local cache."""
+    data = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
+    poses = fetch_dataset_poses(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
+    return data, poses if ctx.params.get("use_poses", True) else None
 
 
 def restore_run(ctx: JobContext, run: Path) -> int:
@@ -89,15 +102,42 @@ def restore_run(ctx: JobContext, run: Path) -> int:
 
 
 class _Uploader:
-    """Mirrors the run folder into the store while training runs."""
+    """Mirrors the run folder into the store while training runs.
+
+    Monotonic, so that several nodes of one job can each run one: a checkpoint is uploaded only if it
+    is newer than the store's ``latest`` (a node that merely received or restored a checkpoint never
+    moves the pointer back or prunes a newer one), and the log only when it has grown (a node that
+    restored the log but does not hold rank 0 never overwrites the one that does).
+    """
 
     def __init__(self, ctx: JobContext, run: Path) -> None:
         self.ctx, self.run = ctx, run
         self.state = model_prefix(ctx.params["model_id"]) + "train-state/"
         self.uploaded_ckpt = ""
-        self.log_pos = 0
+        self.log_pos = 0  # bytes of log.jsonl already read into progress
+        self.log_uploaded = 0  # bytes of complete lines already in the store
         self.last_log_upload = 0.0
         self.last: dict[str, Any] = {}
+
+    def start_after_restore(self, start_step: int) -> None:
+        """What restore_run put in the run folder is already in the store."""
+        if start_step:
+            self.uploaded_ckpt = (self.run / "checkpoints" / "latest").read_text().strip()
+        path = self.run / "log.jsonl"
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            self.log_pos = self.log_uploaded = len(text.encode())
+            for line in reversed(text.splitlines()):
+                with contextlib.suppress(json.JSONDecodeError):
+                    self.last = json.loads(line)
+                    break
+
+    def _stored_step(self) -> int:
+        try:
+            name = self.ctx.storage.get_bytes(self.state + "latest").decode().strip()
+            return int(name[5:12])
+        except (ObjectNotFound, ValueError):
+            return -1
 
     def checkpoints(self) -> None:
         pointer = self.run / "checkpoints" / "latest"
@@ -106,6 +146,9 @@ class _Uploader:
         name = pointer.read_text().strip()
         path = self.run / "checkpoints" / name
         if not name or name == self.uploaded_ckpt or not path.is_file():
+            return
+        if int(name[5:12]) <= self._stored_step():  # another node's, or one this node received
+            self.uploaded_ckpt = name
             return
         self.ctx.storage.put_file(self.state + name, path)
         # the log must reach the checkpoint's step before the pointer moves: a resumed run keeps the
@@ -133,18 +176,21 @@ class _Uploader:
                 self.last = json.loads(line)
             except json.JSONDecodeError:
                 continue
-        if self.last:
+        if complete and self.last:
             losses = {k: v for k, v in self.last.items() if k not in ("step", "kimg")}
             self.ctx.progress(
                 int(self.last["step"]), int(self.ctx.params["steps"]), "training", kimg=self.last.get("kimg")
             )
             self.ctx.jobs.merge_metrics(self.ctx.job_id, losses)
-        if force or time.monotonic() - self.last_log_upload > LOG_UPLOAD_S:
+        grown = self.log_pos > self.log_uploaded
+        if grown and (force or time.monotonic() - self.last_log_upload > LOG_UPLOAD_S):
             snapshot = self.run / ".log.jsonl.upload"  # the trainer keeps appending to the original
-            snapshot.write_text(complete_lines(path), encoding="utf-8")
+            text = complete_lines(path)
+            snapshot.write_text(text, encoding="utf-8")
             self.ctx.storage.put_file(
                 job_prefix(self.ctx.job_id) + "log.jsonl", snapshot, "application/x-ndjson"
             )
+            self.log_uploaded = len(text.encode())
             self.last_log_upload = time.monotonic()
 
 
@@ -185,39 +231,51 @@ def _publish_model(ctx: JobContext, run: Path) -> list[str]:
 
 
 def _k8s_train(ctx: JobContext, nproc: int) -> dict[str, Any]:
-    from services.trainer import pytorchjob  # type: ignore[attr-defined]  # deploy engineer's module
+    """Run the job as a PyTorchJob: each node's pod runs :mod:`services.trainer.node` (stage the dataset,
+    restore the last uploaded checkpoint, torchrun, upload checkpoints and the model); this task waits,
+    deletes the PyTorchJob when the job is cancelled, and checks that the model was published."""
+    from services.trainer import pytorchjob
 
     gpus = int(ctx.params["gpus"])
     nnodes = -(-gpus // nproc)
-    train_args = ["--preset", ctx.params["preset"], "--steps", str(ctx.params["steps"])]
     name = pytorchjob.submit_pytorchjob(
-        ctx.job_id, nnodes=nnodes, nproc_per_node=nproc, train_args=train_args, settings=ctx.settings
+        ctx.job_id, nnodes=nnodes, nproc_per_node=nproc, train_args=[], settings=ctx.settings
     )
+    ctx.jobs.merge_info(ctx.job_id, {"pytorchjob": name, "nnodes": nnodes, "nproc": nproc})
     steps = int(ctx.params["steps"])
-    pytorchjob.wait_pytorchjob(
-        name, ctx.settings, lambda state, _: ctx.progress(0, steps, f"PyTorchJob {state}")
-    )
-    return {"model_id": ctx.params["model_id"], "pytorchjob": name}
+
+    def on_state(state: str, _: dict[str, Any]) -> None:
+        if state != "running":  # while running, the pods report the training steps themselves
+            ctx.progress(0, steps, f"PyTorchJob {state}")
+
+    try:
+        pytorchjob.wait_pytorchjob(
+            name,
+            ctx.settings,
+            on_state,
+            should_stop=lambda: ctx.cancelled.is_set() or ctx.jobs.is_cancelled(ctx.job_id),
+        )
+    except pytorchjob.PyTorchJobCancelled as e:
+        raise JobCancelled(ctx.job_id) from e
+    if ctx.storage.manifest(model_prefix(ctx.params["model_id"])) is None:
+        raise RuntimeError(
+            f"PyTorchJob {name} succeeded but no node published model {ctx.params['model_id']}: "
+            f"see the pods' logs (kubectl -n {ctx.settings.k8s_namespace} logs -l gmpi.io/job-id)"
+        )
+    info = ctx.jobs.get(ctx.job_id)["info"]  # the publishing node recorded the artifacts
+    return {
+        "model_id": ctx.params["model_id"],
+        "steps": steps,
+        "resumed_from_step": info.get("resumed_from_step", 0),
+        "pytorchjob": name,
+    }
 
 
-@job_task("gmpi.train.run")
-def train(ctx: JobContext) -> dict[str, Any]:
-    """Train (or resume) the job's model; the job record follows the run's log.jsonl."""
-    nproc = ctx.settings.resolved_train_nproc()
-    gpus = ctx.params.get("gpus")
-    if gpus and int(gpus) > nproc and ctx.settings.k8s_enabled:
-        return _k8s_train(ctx, nproc)
-    data = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
-    poses = fetch_dataset_poses(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
-    run = ctx.work_dir / "run"
-    start_step = restore_run(ctx, run)
-    ctx.jobs.merge_info(ctx.job_id, {"resumed_from_step": start_step, "nproc": nproc})
-    ctx.check_cancelled()
-    cmd = train_command(ctx, data, poses if ctx.params.get("use_poses", True) else None, run, nproc)
+def supervise(ctx: JobContext, cmd: list[str], run: Path, up: _Uploader) -> None:
+    """Run ``cmd`` (the trainer) in its own process group, mirroring ``run`` into the store while it
+    runs; cancelled jobs kill the group. Raises on a non-zero exit with the log's tail."""
     log.info("job %s: %s", ctx.job_id, " ".join(cmd))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    up = _Uploader(ctx, run)
-    up.uploaded_ckpt = (run / "checkpoints" / "latest").read_text().strip() if start_step else ""
     with open(run / "train.log", "ab") as out:
         proc = subprocess.Popen(
             cmd,
@@ -243,6 +301,10 @@ def train(ctx: JobContext) -> dict[str, Any]:
         raise RuntimeError(f"gmpi train exited with status {proc.returncode}:\n{tail}")
     up.checkpoints()
     up.log(force=True)
+
+
+def finish(ctx: JobContext, run: Path, up: _Uploader, start_step: int) -> dict[str, Any]:
+    """Publish the model of a finished run (committed last) and record the job's artifacts."""
     keys = _publish_model(ctx, run)
     keys += [job_prefix(ctx.job_id) + "log.jsonl", up.state + "latest"]
     ctx.jobs.add_artifacts(ctx.job_id, keys)
@@ -251,3 +313,27 @@ def train(ctx: JobContext) -> dict[str, Any]:
         "steps": int(up.last.get("step", 0)),
         "resumed_from_step": start_step,
     }
+
+
+def prepare_run(ctx: JobContext) -> tuple[Path, int, _Uploader]:
+    """The local run folder rebuilt from the store, its step, and the uploader that mirrors it."""
+    run = ctx.work_dir / "run"
+    start_step = restore_run(ctx, run)
+    up = _Uploader(ctx, run)
+    up.start_after_restore(start_step)
+    return run, start_step, up
+
+
+@job_task("gmpi.train.run")
+def train(ctx: JobContext) -> dict[str, Any]:
+    """Train (or resume) the job's model; the job record follows the run's log.jsonl."""
+    nproc = ctx.settings.resolved_train_nproc()
+    gpus = ctx.params.get("gpus")
+    if gpus and int(gpus) > nproc and ctx.settings.k8s_enabled:
+        return _k8s_train(ctx, nproc)
+    data, poses = stage_inputs(ctx)
+    run, start_step, up = prepare_run(ctx)
+    ctx.jobs.merge_info(ctx.job_id, {"resumed_from_step": start_step, "nproc": nproc})
+    ctx.check_cancelled()
+    supervise(ctx, train_command(ctx, data, poses, run, nproc), run, up)
+    return finish(ctx, run, up, start_step)

@@ -26,14 +26,7 @@ TEMPLATE = K8S / "templates" / "pytorchjob.yaml"
 EXAMPLE = dict(
     nnodes=2,
     nproc_per_node=8,
-    train_args=[
-        "--preset",
-        "FFHQ256",
-        "--data",
-        "/var/cache/gmpi/datasets/ffhq256",
-        "--out",
-        "/var/cache/gmpi/runs/example",
-    ],
+    train_args=[],
     image="gmpi/trainer:dev",
     namespace="gmpi",
 )
@@ -79,9 +72,15 @@ def test_torchrun_rendezvous_and_resources() -> None:
     spec = job["spec"]
     c = spec["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     cmd = c["command"]
-    assert cmd[0] == "torchrun" and "--nnodes=4" in cmd and "--nproc-per-node=2" in cmd
-    assert "--rdzv-backend=c10d" in cmd and f"--rdzv-endpoint={name}-worker-0:{pj.RDZV_PORT}" in cmd
-    assert cmd[cmd.index("-m") + 1 :] == ["gmpi_core.train.cli", *EXAMPLE["train_args"]]
+    # the node agent wraps torchrun: it stages data, adds the job's arguments, uploads checkpoints
+    assert cmd[:6] == ["python", "-m", "services.trainer.node", "--job-id", "Job_42", "--"]
+    torchrun = cmd[6:]
+    assert torchrun[0] == "torchrun" and "--nnodes=4" in torchrun and "--nproc-per-node=2" in torchrun
+    assert "--rdzv-backend=c10d" in torchrun and f"--rdzv-endpoint={name}-worker-0:{pj.RDZV_PORT}" in torchrun
+    assert torchrun[torchrun.index("-m") + 1 :] == ["gmpi_core.train.cli"]
+    extra = pj.build_pytorchjob("x", **{**EXAMPLE, "train_args": ["--batch", "4"]})
+    cmd = extra["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[-3:] == ["gmpi_core.train.cli", "--batch", "4"]
     assert spec["elasticPolicy"]["rdzvPort"] == pj.RDZV_PORT == c["ports"][0]["containerPort"]
     assert spec["elasticPolicy"]["minReplicas"] == spec["elasticPolicy"]["maxReplicas"] == 4
     assert spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 4
@@ -210,3 +209,18 @@ def test_in_cluster_requires_a_pod(monkeypatch) -> None:
     with pytest.raises(pj.PyTorchJobError, match="service-account"):
         pj.KubeClient.in_cluster()
     assert Path(pj.SA_DIR).name == "serviceaccount"
+
+
+def test_wait_deletes_the_job_when_told_to_stop() -> None:
+    kube = FakeKube([(200, cond("Created", "Running")), (200, {"status": "Success"})])
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return True
+
+    with pytest.raises(pj.PyTorchJobCancelled, match="cancelled"):
+        pj.wait_pytorchjob("j", FakeSettings(), None, client=kube, poll_s=5, should_stop=stop)
+    (m1, _, _), (m2, p2, body) = kube.calls
+    assert (m1, m2) == ("GET", "DELETE") and p2.endswith("/namespaces/team-a/pytorchjobs/j")
+    assert body["propagationPolicy"] == "Foreground" and asked
