@@ -213,6 +213,20 @@ class Storage(ABC):
         keys = self._retry(f"list {prefix}", lambda: self._list(prefix))
         return sorted(k for k in keys if not k.startswith(TEMP_PREFIX))
 
+    def has_any(self, prefix: str, suffix: str = "") -> bool:
+        """Whether some committed key below ``prefix`` ends with ``suffix``; stops at the first one (a
+        request handler can ask this of a 70,000-file prefix)."""
+        if prefix:
+            validate_key(prefix.rstrip("/"), what="prefix")
+
+        def first() -> bool:
+            return any(k.endswith(suffix) and not k.startswith(TEMP_PREFIX) for k in self._iter_keys(prefix))
+
+        return self._retry(f"list {prefix}", first)
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        yield from self._list(prefix)
+
     def delete(self, key: str) -> None:
         validate_key(key)
         self._retry(f"delete {key}", lambda: self._delete(key))
@@ -360,7 +374,11 @@ class S3Storage(Storage):
         return ArtifactInfo(key, int(st.size or 0), meta.get("x-amz-meta-sha256", ""))
 
     def _list(self, prefix: str) -> list[str]:
-        return [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+        return list(self._iter_keys(prefix))
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+            yield str(o.object_name)
 
     def _delete(self, key: str) -> None:
         self.client.remove_object(self.bucket, key)
@@ -417,18 +435,20 @@ class DirStorage(Storage):
         return ArtifactInfo(key, p.stat().st_size, side.read_text() if side.is_file() else "")
 
     def _list(self, prefix: str) -> list[str]:
-        base = self.root
-        out: list[str] = []
-        if not base.is_dir():
-            return out
-        for d, _, names in os.walk(base):
+        return list(self._iter_keys(prefix))
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        # walk only the folder the prefix is in (not the whole store)
+        start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not start.is_dir():
+            return
+        for d, _, names in os.walk(start):
             for n in names:
                 if n.startswith(".") and n.endswith(".sha256"):
                     continue
-                rel = (Path(d) / n).relative_to(base).as_posix()
+                rel = (Path(d) / n).relative_to(self.root).as_posix()
                 if rel.startswith(prefix):
-                    out.append(rel)
-        return out
+                    yield rel
 
     def _delete(self, key: str) -> None:
         p = self._path(key)

@@ -84,7 +84,11 @@ class TrainParams(Strict):
     batch: int | None = Field(None, ge=1, le=1024)
     planes: int | None = Field(None, ge=2, le=256)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    use_poses: bool = Field(True, description="condition on datasets/{id}/poses if present")
+    use_poses: bool = Field(
+        True,
+        description="train with datasets/{id}/poses (required then); off only for a folder dataset whose "
+        "poses.json sits among its images",
+    )
     gpus: int | None = Field(None, ge=1, le=1024, description="GPUs wanted (above one node's: Kubernetes)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -42,6 +42,17 @@ def dataset(client: TestClient) -> str:
     return client.post("/v1/datasets", json={"name": "t"}, headers=KEY).json()["id"]
 
 
+@pytest.fixture
+def trainable(dataset: str, settings: Settings) -> str:
+    """A dataset a train job may be queued for: images and poses in the store (contents not read)."""
+    from services.common.storage import get_storage
+
+    storage = get_storage(settings)
+    storage.put_bytes(f"datasets/{dataset}/images.zip", b"PK\x05\x06" + bytes(18), "application/zip")
+    storage.put_bytes(f"datasets/{dataset}/poses/00000/img00000000.mat", b"mat", "application/octet-stream")
+    return dataset
+
+
 def assert_error(r, status: int, code: str | None = None, mentions: str = "") -> dict:  # type: ignore[no-untyped-def]
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -148,8 +159,24 @@ def test_jobs_on_unknown_datasets_are_refused(client: TestClient) -> None:
     assert_error(client.post("/v1/jobs", json=body, headers=KEY), 422, "unknown_dataset", "dataset_id")
 
 
-def test_same_idempotency_key_gives_the_same_job(client: TestClient, dataset: str) -> None:
+def test_train_jobs_need_images_and_poses(client: TestClient, dataset: str, settings: Settings) -> None:
+    from services.common.storage import get_storage
+
     body = {"type": "train", "params": {"dataset_id": dataset, "steps": 5}}
+    assert_error(client.post("/v1/jobs", json=body, headers=KEY), 422, "no_images", "upload them first")
+    get_storage(settings).put_bytes(f"datasets/{dataset}/images/a.png", b"png", "image/png")
+    err = assert_error(client.post("/v1/jobs", json=body, headers=KEY), 422, "no_poses", "preprocess job")
+    assert err["details"]["field"] == "params.dataset_id"
+    without = {"type": "train", "params": {"dataset_id": dataset, "steps": 5, "use_poses": False}}
+    assert client.post("/v1/jobs", json=without, headers=KEY).status_code == 202
+    mat = "application/octet-stream"
+    get_storage(settings).put_bytes(f"datasets/{dataset}/poses/00000/a.mat", b"mat", mat)
+    assert client.post("/v1/jobs", json=body, headers=KEY).status_code == 202
+    assert client.get("/v1/jobs", headers=KEY).json()["total"] == 2
+
+
+def test_same_idempotency_key_gives_the_same_job(client: TestClient, trainable: str) -> None:
+    body = {"type": "train", "params": {"dataset_id": trainable, "steps": 5}}
     h = {**KEY, "Idempotency-Key": "abc-1"}
     a = client.post("/v1/jobs", json=body, headers=h)
     b = client.post("/v1/jobs", json=body, headers=h)
@@ -157,19 +184,19 @@ def test_same_idempotency_key_gives_the_same_job(client: TestClient, dataset: st
     assert client.get("/v1/jobs", headers=KEY).json()["total"] == 1
 
 
-def test_cancel_a_queued_job_then_cancel_again_is_409(client: TestClient, dataset: str) -> None:
+def test_cancel_a_queued_job_then_cancel_again_is_409(client: TestClient, trainable: str) -> None:
     job = client.post(
-        "/v1/jobs", json={"type": "train", "params": {"dataset_id": dataset, "steps": 5}}, headers=KEY
+        "/v1/jobs", json={"type": "train", "params": {"dataset_id": trainable, "steps": 5}}, headers=KEY
     ).json()
     r = client.delete(f"/v1/jobs/{job['id']}", headers=KEY)
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     assert_error(client.delete(f"/v1/jobs/{job['id']}", headers=KEY), 409, "job_finished")
 
 
-def test_job_list_filters_and_paginates(client: TestClient, dataset: str) -> None:
+def test_job_list_filters_and_paginates(client: TestClient, trainable: str) -> None:
     for _ in range(3):
         client.post(
-            "/v1/jobs", json={"type": "train", "params": {"dataset_id": dataset, "steps": 5}}, headers=KEY
+            "/v1/jobs", json={"type": "train", "params": {"dataset_id": trainable, "steps": 5}}, headers=KEY
         )
     page = client.get("/v1/jobs", params={"type": "train", "limit": 2, "offset": 2}, headers=KEY).json()
     assert page["total"] == 3 and len(page["items"]) == 1

@@ -44,6 +44,20 @@ def test_listing_shows_committed_keys_only(storage: Storage) -> None:
     assert not any(k.startswith(".tmp/") for k in storage.list(""))
 
 
+def test_listing_a_prefix_is_exact_and_has_any_stops_early(storage: Storage) -> None:
+    keys = ["datasets/ds-1/poses/00000/a.mat", "datasets/ds-1/poses/fail_list.txt", "datasets/ds-10/x.png",
+            "datasets/ds-1/images.zip", "models/m/poses/b.mat"]  # fmt: skip
+    for key in keys:
+        storage.put_bytes(key, b"x")
+    assert storage.list("datasets/ds-1/") == [
+        "datasets/ds-1/images.zip", "datasets/ds-1/poses/00000/a.mat", "datasets/ds-1/poses/fail_list.txt",
+    ]  # fmt: skip
+    assert storage.list("datasets/ds-1") == [*storage.list("datasets/ds-1/"), "datasets/ds-10/x.png"]
+    assert storage.has_any("datasets/ds-1/poses/", ".mat") and storage.has_any("datasets/ds-1/")
+    assert not storage.has_any("datasets/ds-1/poses/", ".png") and not storage.has_any("datasets/ds-2/")
+    assert not storage.has_any("datasets/ds-1/images/")  # a sibling key is not below the prefix
+
+
 def test_missing_objects_raise_not_found(storage: Storage) -> None:
     assert storage.stat("jobs/none/x") is None
     with pytest.raises(ObjectNotFound):

@@ -33,6 +33,27 @@ def _require_dataset(storage: Storage, dataset_id: str | None, field: str = "par
         )
 
 
+def _require_training_data(storage: Storage, dataset_id: str, use_poses: bool) -> None:
+    """Images, and the head poses GMPI's pose-conditioned discriminator needs (spec §7), before a
+    training job is queued rather than as a failure minutes later."""
+    prefix = dataset_prefix(dataset_id)
+    if not (storage.exists(prefix + "images.zip") or storage.has_any(prefix + "images/")):
+        raise ApiError(
+            422,
+            "no_images",
+            f"dataset '{dataset_id}' has no images yet; upload them first",
+            {"field": "params.dataset_id"},
+        )
+    if use_poses and not storage.has_any(prefix + "poses/", ".mat"):
+        raise ApiError(
+            422,
+            "no_poses",
+            f"dataset '{dataset_id}' has no poses yet: submit a preprocess job for it (landmarks, then "
+            "poses) and train when it has succeeded, or upload Deep3DFace .mat files below poses/",
+            {"field": "params.dataset_id"},
+        )
+
+
 def _require_model(storage: Storage, model_id: str) -> None:
     if not storage.exists(f"models/{model_id}/manifest.json"):
         raise ApiError(
@@ -71,6 +92,7 @@ def submit_job(
             )
     elif body.type == "train":
         _require_dataset(storage, params["dataset_id"])
+        _require_training_data(storage, params["dataset_id"], params["use_poses"])
         params["model_id"] = f"model-{uuid.uuid4().hex[:20]}"
     elif body.type == "evaluate":
         _require_model(storage, params["model_id"])
