@@ -5,22 +5,30 @@ backend). Single objects are written to a temporary key under ``.tmp/`` and then
 server-side copy (directory: ``os.replace``), so a listing never shows a half-written object; a group of
 files (a model, an MPI export) is committed by writing its ``manifest.json`` last (``commit``).
 Transient connection errors are retried with exponential backoff for up to ``retry_for_s`` seconds.
+
+Presigned multipart uploads (S3 only) let a client send a file of any size (S3 refuses a single PUT above
+5 GiB) straight to the store: ``create_multipart`` → ``presigned_part_urls`` → the client PUTs the parts
+→ ``complete_multipart`` (checks the part list, the declared size and optionally the zip end records;
+a failing object is deleted) or ``abort_multipart``. The store never sees the bytes, so such objects
+carry no sha256.
 """
 
 from __future__ import annotations
 
 import builtins
+import collections
 import datetime
 import hashlib
 import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +40,10 @@ log = logging.getLogger("gmpi.storage")
 T = TypeVar("T")
 CHUNK = 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
+# the end of a zip: the 22-byte end record may carry a comment of up to 64 KiB, and zip64 archives (more than
+# 65,535 members or 4 GiB, e.g. FFHQ) put a 20-byte locator and a 56-byte record in front of it
+ZIP_TAIL = 64 * 1024 + 22 + 20 + 56
+_NO_UPLOAD = "NoSuchUpload"
 
 
 class StorageError(RuntimeError):
@@ -51,6 +63,85 @@ class UploadTooLarge(ValueError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"upload exceeds the limit of {limit} bytes (GMPI_MAX_UPLOAD_BYTES)")
         self.limit = limit
+
+
+class MultipartNotSupported(StorageError):
+    def __init__(self) -> None:
+        super().__init__("multipart uploads need the S3 storage backend")
+
+
+class UploadNotFound(StorageError):
+    """No such multipart upload for that key (unknown, aborted or already completed)."""
+
+    def __init__(self, key: str, upload_id: str) -> None:
+        super().__init__(
+            f"no multipart upload '{upload_id[:100]}' for '{key}' (unknown, aborted or completed)"
+        )
+        self.key, self.upload_id = key, upload_id
+
+
+class UploadRejected(StorageError):
+    """The client's part list or the assembled object is not acceptable; ``code`` names why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ZipDirectory:
+    """Where a zip's central directory lies, read from its end records."""
+
+    entries: int
+    offset: int
+    size: int
+
+
+def zip_directory(tail: bytes, size: int) -> ZipDirectory:
+    """Parse the end records of a zip of ``size`` bytes whose last ``len(tail)`` bytes are ``tail``
+    (``ZIP_TAIL`` is enough); ValueError if there are none or they do not fit the size (a truncated
+    object, missing or extra parts, not a zip). Zip64 archives are understood."""
+    start = size - len(tail)
+    pos = len(tail)
+    found: tuple[int, tuple[Any, ...]] | None = None
+    while found is None:  # the last signature whose record (with its comment) ends exactly at the end
+        p = tail.rfind(b"PK\x05\x06", 0, pos)
+        if p < 0:
+            raise ValueError(
+                "no zip end-of-central-directory record at the end: not a zip file, or cut short"
+            )
+        if p + 22 <= len(tail):
+            rec = struct.unpack_from("<4s4H2LH", tail, p)
+            if p + 22 + rec[7] == len(tail):
+                found = p, rec
+        pos = p
+    p, (_, disk, cd_disk, _, entries, cd_size, cd_offset, _) = found
+    moved = "parts are missing, repeated or out of order (or the file is not a plain zip)"
+    end = start + p  # the central directory must end where the end records begin
+    if p >= 20 and tail[p - 20 : p - 16] == b"PK\x06\x07":  # zip64: a locator, after a 56-byte record
+        _, z64_disk, z64_offset, disks = struct.unpack_from("<4sLQL", tail, p - 20)
+        q = p - 20 - 56
+        if q < 0 or tail[q : q + 4] != b"PK\x06\x06":
+            raise ValueError("no zip64 end record in front of its locator: the zip is damaged")
+        if z64_disk != 0 or disks > 1:
+            raise ValueError("split (multi-disk) zips are not supported")
+        if z64_offset != start + q:
+            raise ValueError(f"the zip64 end record is at byte {start + q}, not {z64_offset}: {moved}")
+        rec64 = struct.unpack_from("<4sQ2H2L4Q", tail, q)
+        disk, cd_disk, entries, cd_size, cd_offset = rec64[4], rec64[5], rec64[7], rec64[8], rec64[9]
+        end = start + q
+    elif entries == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
+        raise ValueError("the zip end record needs a zip64 locator, which is missing: the zip is damaged")
+    if disk != 0 or cd_disk != 0:
+        raise ValueError("split (multi-disk) zips are not supported")
+    if entries == 0:
+        raise ValueError("the zip holds no files")
+    if cd_offset + cd_size != end:
+        raise ValueError(
+            f"the zip's central directory should end at byte {cd_offset + cd_size} but its end records "
+            f"start at byte {end}: {moved}"
+        )
+    return ZipDirectory(entries, cd_offset, cd_size)
 
 
 @dataclass(frozen=True)
@@ -118,6 +209,36 @@ class Storage(ABC):
 
     @abstractmethod
     def presigned_put(self, key: str, expires_s: int | None = None) -> str | None: ...
+    @abstractmethod
+    def _read_range(self, key: str, offset: int, length: int) -> bytes: ...
+
+    # -- presigned multipart uploads (S3 only; the directory backend returns None or raises
+    #    MultipartNotSupported) ----------------------------------------------------------------------
+    @abstractmethod
+    def create_multipart(
+        self, key: str, size: int | None = None, content_type: str = "application/octet-stream"
+    ) -> str | None:
+        """Start a multipart upload to ``key`` and return its upload id (None: not supported). ``size``,
+        the total the client declares, is recorded and checked on completion."""
+
+    @abstractmethod
+    def presigned_part_urls(
+        self, key: str, upload_id: str, part_numbers: Iterable[int], expires_s: int | None = None
+    ) -> builtins.list[str] | None:
+        """Presigned PUT URLs of the given parts (on the public endpoint), or None (not supported)."""
+
+    @abstractmethod
+    def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], check_zip: bool = False
+    ) -> ArtifactInfo:
+        """Assemble ``key`` from ``parts`` ([(part number, ETag)], exactly 1…N, every uploaded part).
+        UploadNotFound for an unknown upload; UploadRejected for a bad part list (the upload stays open)
+        or an object that fails the size or zip check (it is deleted: nothing half-valid stays listed)."""
+
+    @abstractmethod
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop an upload and its parts; UploadNotFound if there is none."""
+
     def ensure_ready(self) -> None:  # noqa: B027  (optional hook: most stores need nothing)
         """Create the bucket/directory if needed."""
 
@@ -205,6 +326,13 @@ class Storage(ABC):
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Bytes ``offset`` … ``offset + length - 1`` of ``key`` (fewer at its end)."""
+        validate_key(key)
+        if offset < 0 or length < 1:
+            raise ValueError(f"bad range: offset {offset}, length {length}")
+        return self._retry(f"read {key}", lambda: self._read_range(key, offset, length))
 
     def list(self, prefix: str) -> list[str]:
         """Committed keys below ``prefix`` (recursive, sorted); temporary uploads are never listed."""
@@ -393,6 +521,170 @@ class S3Storage(Storage):
         expires = datetime.timedelta(seconds=expires_s or self.settings.presign_expiry_s)
         return self.public.presigned_put_object(self.bucket, key, expires=expires)
 
+    def _read_range(self, key: str, offset: int, length: int) -> bytes:
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, key, offset=offset, length=length)
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                raise ObjectNotFound(key) from e
+            raise
+        try:
+            return bytes(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    # -- presigned multipart uploads ------------------------------------------------------------------
+    def create_multipart(
+        self, key: str, size: int | None = None, content_type: str = "application/octet-stream"
+    ) -> str:
+        validate_key(key)
+        headers: dict[str, str | builtins.list[str] | tuple[str]] = {"Content-Type": content_type}
+        if size is not None:
+            headers["x-amz-meta-declared-size"] = str(size)
+        return self._retry(
+            f"start upload {key}", lambda: self.client._create_multipart_upload(self.bucket, key, headers)
+        )
+
+    def presigned_part_urls(
+        self, key: str, upload_id: str, part_numbers: Iterable[int], expires_s: int | None = None
+    ) -> builtins.list[str]:
+        validate_key(key)
+        expires = datetime.timedelta(seconds=expires_s or self.settings.presign_expiry_s)
+        return [  # signed offline (the region is configured): no request per part
+            self.public.get_presigned_url(
+                "PUT",
+                self.bucket,
+                key,
+                expires=expires,
+                extra_query_params={"uploadId": upload_id, "partNumber": str(n)},
+            )
+            for n in part_numbers
+        ]
+
+    def _uploaded_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
+        """part number → (ETag, size) of the parts the store holds for the upload."""
+        out: dict[int, tuple[str, int]] = {}
+        marker: str | None = None
+        while True:
+            page = self.client._list_parts(self.bucket, key, upload_id, part_number_marker=marker)
+            out.update({p.part_number: (p.etag.strip('"'), int(p.size or 0)) for p in page.parts})
+            if not page.is_truncated or not page.next_part_number_marker:
+                return out
+            marker = page.next_part_number_marker
+
+    def _reject(self, key: str, code: str, message: str) -> UploadRejected:
+        """Delete the assembled ``key`` and describe why (nothing half-valid stays listed)."""
+        try:
+            self.delete(key)
+        except Exception:
+            log.exception("could not delete rejected upload %s", key)
+            message += f" (deleting '{key}' failed too: delete it before using the dataset)"
+        return UploadRejected(code, message)
+
+    def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], check_zip: bool = False
+    ) -> ArtifactInfo:
+        from minio.datatypes import Part
+        from minio.error import S3Error
+
+        validate_key(key)
+        given = sorted((int(n), etag.strip().strip('"')) for n, etag in parts)
+        numbers = [n for n, _ in given]
+        if not given:
+            raise UploadRejected("invalid_parts", "the part list is empty")
+        if len(set(numbers)) != len(numbers):
+            twice = sorted(n for n, k in collections.Counter(numbers).items() if k > 1)
+            raise UploadRejected("invalid_parts", f"part numbers listed more than once: {twice[:20]}")
+        if numbers != list(range(1, len(numbers) + 1)):
+            missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
+            raise UploadRejected("invalid_parts", f"the part list must be 1…N; missing: {missing[:20]}")
+        try:  # S3 would happily assemble a subset of the parts: check the list against what it holds
+            held = self._retry(f"list parts {key}", lambda: self._uploaded_parts(key, upload_id))
+        except S3Error as e:
+            if e.code == _NO_UPLOAD:
+                raise UploadNotFound(key, upload_id) from e
+            raise
+        not_uploaded = [n for n in numbers if n not in held]
+        if not_uploaded:
+            raise UploadRejected("invalid_parts", f"parts not uploaded (yet): {not_uploaded[:20]}")
+        wrong = [n for n, etag in given if held[n][0].lower() != etag.lower()]
+        if wrong:
+            raise UploadRejected(
+                "invalid_parts", f"the ETag given for parts {wrong[:20]} is not the one the store returned"
+            )
+        extra = sorted(set(held) - set(numbers))
+        if extra:
+            raise UploadRejected("invalid_parts", f"parts uploaded but not in the list: {extra[:20]}")
+
+        attempts = 0
+
+        def complete() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                result = self.client._complete_multipart_upload(
+                    self.bucket, key, upload_id, [Part(n, etag) for n, etag in given]
+                )
+            except S3Error as e:  # a retry after a lost answer finds the upload already completed
+                if not (e.code == _NO_UPLOAD and attempts > 1 and self._stat(key) is not None):
+                    raise
+                return
+            if result.etag is None:  # AWS may answer 200 with an <Error> body here (minio does not raise)
+                raise StorageUnavailable("the store answered the completion with an error; retrying")
+
+        try:
+            self._retry(f"complete upload {key}", complete)
+        except S3Error as e:
+            if e.code == _NO_UPLOAD:
+                raise UploadNotFound(key, upload_id) from e
+            if e.code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "MalformedXML"):
+                raise UploadRejected("invalid_parts", f"the store refused the part list: {e.message}") from e
+            raise
+        st = self._retry(f"stat {key}", lambda: self.client.stat_object(self.bucket, key))
+        size = int(st.size or 0)
+        meta = {k.lower(): v for k, v in (st.metadata or {}).items()}
+        declared = meta.get("x-amz-meta-declared-size", "")
+        if declared.isdigit() and int(declared) != size:
+            raise self._reject(
+                key, "size_mismatch", f"the parts add up to {size} bytes, not the {declared} declared"
+            )
+        if check_zip:
+            self._check_zip_end(key, size)
+        return ArtifactInfo(key, size, meta.get("x-amz-meta-sha256", ""))
+
+    def _check_zip_end(self, key: str, size: int) -> None:
+        start = max(0, size - ZIP_TAIL)
+        tail = self.read_range(key, start, size - start) if size else b""
+        try:
+            d = zip_directory(tail, size)
+            head = (
+                tail[d.offset - start : d.offset - start + 4]
+                if d.offset >= start
+                else self.read_range(key, d.offset, 4)
+            )
+            if head != b"PK\x01\x02":
+                raise ValueError(f"no central directory at byte {d.offset}: the zip is damaged")
+        except ValueError as e:
+            raise self._reject(key, "invalid_zip", f"the upload is not a complete zip file: {e}") from e
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        from minio.error import S3Error
+
+        validate_key(key)
+        try:  # ListParts first: SeaweedFS answers an abort of an aborted/completed upload with success
+            self._retry(f"list parts {key}", lambda: self.client._list_parts(self.bucket, key, upload_id, 1))
+            self._retry(
+                f"abort upload {key}",
+                lambda: self.client._abort_multipart_upload(self.bucket, key, upload_id),
+            )
+        except S3Error as e:
+            if e.code == _NO_UPLOAD:
+                raise UploadNotFound(key, upload_id) from e
+            raise
+
 
 class DirStorage(Storage):
     """The same interface on a local directory (embedded mode, single host)."""
@@ -461,6 +753,32 @@ class DirStorage(Storage):
     def presigned_put(self, key: str, expires_s: int | None = None) -> None:
         return None
 
+    def _read_range(self, key: str, offset: int, length: int) -> bytes:
+        p = self._path(key)
+        if not p.is_file():
+            raise ObjectNotFound(key)
+        with open(p, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def create_multipart(
+        self, key: str, size: int | None = None, content_type: str = "application/octet-stream"
+    ) -> None:
+        return None
+
+    def presigned_part_urls(
+        self, key: str, upload_id: str, part_numbers: Iterable[int], expires_s: int | None = None
+    ) -> None:
+        return None
+
+    def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], check_zip: bool = False
+    ) -> ArtifactInfo:
+        raise MultipartNotSupported()
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        raise MultipartNotSupported()
+
 
 _lock = threading.Lock()
 _instances: dict[tuple[int, str], Storage] = {}
@@ -485,14 +803,19 @@ def get_storage(settings: Settings | None = None) -> Storage:
 __all__ = [
     "ArtifactInfo",
     "DirStorage",
+    "MultipartNotSupported",
     "ObjectNotFound",
     "S3Storage",
     "Storage",
     "StorageError",
     "StorageUnavailable",
+    "UploadNotFound",
+    "UploadRejected",
     "UploadTooLarge",
+    "ZipDirectory",
     "get_storage",
     "make_storage",
     "sha256_file",
     "spool_stream",
+    "zip_directory",
 ]

@@ -53,6 +53,47 @@ class UploadUrl(BaseModel):
     expires_in: int
 
 
+MIB = 1024 * 1024
+MIN_PART_SIZE = 5 * MIB  # S3's minimum for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MIB
+MAX_PARTS = 10_000
+MAX_MULTIPART_SIZE = 5 * 1024**4  # S3's largest object (5 TiB)
+
+
+class MultipartCreate(Strict):
+    size: int = Field(..., ge=1, le=MAX_MULTIPART_SIZE, description="bytes of the whole zip (at most 5 TiB)")
+    part_size: int | None = Field(
+        None,
+        ge=MIN_PART_SIZE,
+        le=MAX_PART_SIZE,
+        description="bytes per part (5 MiB … 5 GiB; default 64 MiB, more if 10,000 parts would not do)",
+    )
+
+
+class UploadPartUrl(BaseModel):
+    part_number: int
+    url: str
+
+
+class MultipartUpload(BaseModel):
+    upload_id: str
+    key: str
+    size: int
+    part_size: int = Field(..., description="every part but the last has exactly this many bytes")
+    method: Literal["PUT"] = "PUT"
+    parts: list[UploadPartUrl]
+    expires_in: int
+
+
+class CompletedPart(Strict):
+    part_number: int = Field(..., ge=1, le=MAX_PARTS)
+    etag: str = Field(..., min_length=1, max_length=200, description="the ETag header of the part's PUT")
+
+
+class MultipartComplete(Strict):
+    parts: list[CompletedPart] = Field(..., min_length=1, max_length=MAX_PARTS)
+
+
 class RegisterPrefix(Strict):
     prefix: str = Field(
         ..., min_length=1, max_length=512, description="existing bucket prefix holding images.zip or images/"

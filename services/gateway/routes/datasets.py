@@ -1,25 +1,48 @@
-"""``/v1/datasets``: create, upload (presigned PUT or streamed body with a size limit), register an
-existing prefix, list, get. A dataset is ``datasets/{id}/dataset.json`` plus its files."""
+"""``/v1/datasets``: create, upload (presigned PUT, presigned multipart upload for zips of any size, or a
+streamed body with a size limit), register an existing prefix, list, get. A dataset is
+``datasets/{id}/dataset.json`` plus its files."""
 
 from __future__ import annotations
 
+import re
 import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from services.common.keys import InvalidKeyError, dataset_prefix, new_id, validate_key
-from services.common.storage import ObjectNotFound, Storage
+from services.common.storage import (
+    MultipartNotSupported,
+    ObjectNotFound,
+    Storage,
+    UploadNotFound,
+    UploadRejected,
+)
 from services.gateway.deps import ApiKey, SettingsDep, StorageDep
 from services.gateway.errors import ERROR_RESPONSES, ApiError
 from services.gateway.routes.common import check_id, spooled_body
-from services.gateway.schemas import Dataset, DatasetCreate, DatasetList, RegisterPrefix, UploadUrl
+from services.gateway.schemas import (
+    MAX_PARTS,
+    MIB,
+    Dataset,
+    DatasetCreate,
+    DatasetList,
+    MultipartComplete,
+    MultipartCreate,
+    MultipartUpload,
+    RegisterPrefix,
+    UploadPartUrl,
+    UploadUrl,
+)
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
 RECORD = "dataset.json"
+DEFAULT_PART_SIZE = 64 * MIB
+_UPLOAD_ID = re.compile(r"^[A-Za-z0-9._~+=-]{1,1024}$")
+_NOT_SUPPORTED = "presigned uploads need the S3 storage backend; PUT the images instead"
 
 
 def _record(storage: Storage, dataset_id: str) -> dict:
@@ -77,10 +100,121 @@ def upload_url(dataset_id: str, _: ApiKey, storage: StorageDep, settings: Settin
     key = dataset_prefix(dataset_id) + "images.zip"
     url = storage.presigned_put(key)
     if url is None:
-        raise ApiError(
-            409, "not_supported", "presigned uploads need the S3 storage backend; PUT the images instead"
-        )
+        raise ApiError(409, "not_supported", _NOT_SUPPORTED)
     return UploadUrl(url=url, key=key, expires_in=settings.presign_expiry_s)
+
+
+def _plan_parts(size: int, part_size: int | None) -> tuple[int, int]:
+    """(part size, part count) for ``size`` bytes: the asked part size, else 64 MiB grown (in whole MiB)
+    until 10,000 parts hold it (at most 550 MB for the largest size, 5 TiB)."""
+    if part_size is None:
+        part_size = max(DEFAULT_PART_SIZE, -(-size // (MAX_PARTS * MIB)) * MIB)
+    count = max(1, -(-size // part_size))
+    if count > MAX_PARTS:
+        raise ApiError(
+            422,
+            "too_many_parts",
+            f"{size} bytes in parts of {part_size} bytes make {count} parts; the limit is {MAX_PARTS} "
+            f"(use part_size >= {-(-size // MAX_PARTS)}, or leave it out)",
+            {"field": "part_size"},
+        )
+    return part_size, count
+
+
+def _refuse_if_images_exist(storage: Storage, dataset_id: str) -> None:
+    """A multipart upload completes in place, and a failed check deletes what it assembled: so it may
+    only go to a dataset without images.zip (a failed upload then never costs an earlier good one)."""
+    info = storage.stat(dataset_prefix(dataset_id) + "images.zip")
+    if info is not None:
+        raise ApiError(
+            409,
+            "images_exist",
+            f"dataset '{dataset_id}' already has images.zip ({info.size} bytes); upload to a new dataset "
+            "(POST /v1/datasets) or abort this upload",
+            {"field": "dataset_id"},
+        )
+
+
+def _upload_key(storage: Storage, dataset_id: str, upload_id: str) -> str:
+    _record(storage, dataset_id)
+    if not _UPLOAD_ID.match(upload_id):
+        raise ApiError(
+            422, "invalid_id", "upload_id has characters outside [A-Za-z0-9._~+=-]", {"field": "upload_id"}
+        )
+    return dataset_prefix(dataset_id) + "images.zip"
+
+
+@router.post(
+    "/{dataset_id}/uploads",
+    status_code=status.HTTP_201_CREATED,
+    summary="start a presigned multipart upload of images.zip (S3 only; any size up to 5 TiB)",
+    responses={409: {"description": "the directory storage backend (no presigned uploads)"}},
+)
+def start_upload(
+    dataset_id: str, body: MultipartCreate, _: ApiKey, storage: StorageDep, settings: SettingsDep
+) -> MultipartUpload:
+    """PUT byte range ``[(n-1)·part_size, n·part_size)`` of the zip to the URL of part ``n``, keep each
+    response's ``ETag`` header, then complete the upload with the list of (part_number, etag)."""
+    _record(storage, dataset_id)
+    _refuse_if_images_exist(storage, dataset_id)
+    part_size, count = _plan_parts(body.size, body.part_size)
+    key = dataset_prefix(dataset_id) + "images.zip"
+    upload_id = storage.create_multipart(key, body.size, "application/zip")
+    if upload_id is None:
+        raise ApiError(409, "not_supported", _NOT_SUPPORTED)
+    urls = storage.presigned_part_urls(key, upload_id, range(1, count + 1)) or []
+    return MultipartUpload(
+        upload_id=upload_id,
+        key=key,
+        size=body.size,
+        part_size=part_size,
+        parts=[UploadPartUrl(part_number=n, url=u) for n, u in enumerate(urls, 1)],
+        expires_in=settings.presign_expiry_s,
+    )
+
+
+@router.post(
+    "/{dataset_id}/uploads/{upload_id}/complete",
+    summary="complete a multipart upload: assemble images.zip from the parts and check it",
+    responses={409: {"description": "the directory storage backend"}},
+)
+def complete_upload(
+    dataset_id: str, upload_id: str, body: MultipartComplete, _: ApiKey, storage: StorageDep
+) -> Dataset:
+    """422 ``invalid_parts`` (the upload stays open: fix the list or upload the missing parts and
+    complete again); 422 ``size_mismatch`` / ``invalid_zip`` when the assembled object is not the declared
+    size or not a complete zip (it is deleted: upload again); 409 ``images_exist`` if images.zip
+    appeared meanwhile (nothing is replaced)."""
+    key = _upload_key(storage, dataset_id, upload_id)
+    _refuse_if_images_exist(storage, dataset_id)  # a streamed PUT may have landed since the start
+    parts = [(p.part_number, p.etag) for p in body.parts]
+    try:
+        storage.complete_multipart(key, upload_id, parts, check_zip=True)
+    except MultipartNotSupported as e:
+        raise ApiError(409, "not_supported", str(e)) from e
+    except UploadNotFound as e:
+        raise ApiError(404, "not_found", f"no upload '{upload_id[:100]}' for dataset '{dataset_id}'") from e
+    except UploadRejected as e:  # invalid_parts: nothing happened; size_mismatch/invalid_zip: deleted
+        deleted = e.code != "invalid_parts"
+        raise ApiError(422, e.code, str(e), {"field": "parts", "upload_open": not deleted}) from e
+    return _view(storage, _record(storage, dataset_id))
+
+
+@router.delete(
+    "/{dataset_id}/uploads/{upload_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="abort a multipart upload (its parts are dropped)",
+    responses={409: {"description": "the directory storage backend"}},
+)
+def abort_upload(dataset_id: str, upload_id: str, _: ApiKey, storage: StorageDep) -> Response:
+    key = _upload_key(storage, dataset_id, upload_id)
+    try:
+        storage.abort_multipart(key, upload_id)
+    except MultipartNotSupported as e:
+        raise ApiError(409, "not_supported", str(e)) from e
+    except UploadNotFound as e:
+        raise ApiError(404, "not_found", f"no upload '{upload_id[:100]}' for dataset '{dataset_id}'") from e
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _check_zip(path: Path) -> int:
