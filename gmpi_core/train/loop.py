@@ -58,6 +58,7 @@ from gmpi_core.train.state import (
     atomic_write_bytes,
     atomic_write_text,
     capture_rng_state,
+    checkpoint_step,
     load_checkpoint,
     restore_rng_state,
 )
@@ -75,16 +76,6 @@ _SG2_KEYS = (
 )  # fmt: skip
 
 log = logging.getLogger("gmpi.train")
-
-
-def _ckpt_step(path: Path | None) -> int:
-    """The step in a ``ckpt_NNNNNNN.pt`` name; -1 for none."""
-    if path is None:
-        return -1
-    try:
-        return int(path.stem.split("_")[1])
-    except (IndexError, ValueError):
-        return -1
 
 
 class TrainingError(ValueError):
@@ -683,7 +674,7 @@ class Trainer:
         local = self.checkpoints.latest()
         if self.env.world_size == 1:
             return local
-        mine = (_ckpt_step(local), local.name if local is not None else None)
+        mine = (checkpoint_step(local), local.name if local is not None else None)
         held = dist_utils.all_gather_objects(mine)
         best = max(step for step, _ in held)
         if best < 0:

@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "capture_rng_state",
+    "checkpoint_step",
     "load_checkpoint",
     "restore_rng_state",
 ]
@@ -90,6 +91,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             f"cannot read training checkpoint {path}: {e}; delete it (and fix checkpoints/latest) to resume "
             "from an older one"
         ) from e
+
+
+def checkpoint_step(path: str | os.PathLike[str] | None) -> int:
+    """The step of a checkpoint named ``ckpt_NNNNNNN.pt``; -1 for None or another name."""
+    m = _CKPT.match(Path(path).name) if path is not None else None
+    return int(m.group(1)) if m else -1
 
 
 class CheckpointDir:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import redis
@@ -261,7 +261,7 @@ class JobStore:
             raise JobNotFound(job_id)
         return int(self.r.hincrby(self._key(job_id), "attempts", 1))  # a JSON int is a Redis integer
 
-    def _merge_field(self, job_id: str, field: str, merge: Any) -> None:
+    def _merge_field(self, job_id: str, field: str, merge: Callable[[Any], Any]) -> None:
         """Read-merge-write of one JSON field under WATCH: concurrent merges (a trainer's checkpoint
         thread and its loop, say) all land instead of the last writer erasing the others."""
         key = self._key(job_id)

@@ -196,7 +196,9 @@ class Storage(ABC):
     @abstractmethod
     def _stat(self, key: str) -> ArtifactInfo | None: ...
     @abstractmethod
-    def _list(self, prefix: str) -> list[str]: ...
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        """Keys below ``prefix`` as the backend finds them (unsorted, temporary ones included)."""
+
     @abstractmethod
     def _delete(self, key: str) -> None: ...
     @abstractmethod
@@ -338,7 +340,7 @@ class Storage(ABC):
         """Committed keys below ``prefix`` (recursive, sorted); temporary uploads are never listed."""
         if prefix:
             validate_key(prefix.rstrip("/"), what="prefix")
-        keys = self._retry(f"list {prefix}", lambda: self._list(prefix))
+        keys = self._retry(f"list {prefix}", lambda: list(self._iter_keys(prefix)))
         return sorted(k for k in keys if not k.startswith(TEMP_PREFIX))
 
     def has_any(self, prefix: str, suffix: str = "") -> bool:
@@ -351,9 +353,6 @@ class Storage(ABC):
             return any(k.endswith(suffix) and not k.startswith(TEMP_PREFIX) for k in self._iter_keys(prefix))
 
         return self._retry(f"list {prefix}", first)
-
-    def _iter_keys(self, prefix: str) -> Iterator[str]:
-        yield from self._list(prefix)
 
     def delete(self, key: str) -> None:
         validate_key(key)
@@ -500,9 +499,6 @@ class S3Storage(Storage):
             raise
         meta = {k.lower(): v for k, v in (st.metadata or {}).items()}
         return ArtifactInfo(key, int(st.size or 0), meta.get("x-amz-meta-sha256", ""))
-
-    def _list(self, prefix: str) -> list[str]:
-        return list(self._iter_keys(prefix))
 
     def _iter_keys(self, prefix: str) -> Iterator[str]:
         for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
@@ -725,9 +721,6 @@ class DirStorage(Storage):
             return None
         side = p.parent / f".{p.name}.sha256"
         return ArtifactInfo(key, p.stat().st_size, side.read_text() if side.is_file() else "")
-
-    def _list(self, prefix: str) -> list[str]:
-        return list(self._iter_keys(prefix))
 
     def _iter_keys(self, prefix: str) -> Iterator[str]:
         # walk only the folder the prefix is in (not the whole store)

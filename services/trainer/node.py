@@ -27,14 +27,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from services.common.jobs import JobNotFound, get_job_store
+from services.common.jobs import TERMINAL, JobNotFound, get_job_store
 from services.common.settings import get_settings
 from services.common.storage import ObjectNotFound, get_storage
 from services.common.tasks import JobCancelled, JobContext
 from services.trainer.tasks import finish, prepare_run, stage_inputs, supervise, train_args
 
 log = logging.getLogger("gmpi.trainer.node")
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def with_job_args(torchrun: list[str], job_args: list[str]) -> list[str]:

@@ -32,6 +32,12 @@ POLL_S = 0.5
 LOG_UPLOAD_S = 5.0
 
 
+def checkpoint_step(name: str) -> int:
+    """The step of a ``ckpt_NNNNNNN.pt`` name (gmpi_core.train.state's naming; not imported from there so
+    the worker process does not load torch)."""
+    return int(name.removeprefix("ckpt_").removesuffix(".pt"))
+
+
 def _die_with_parent() -> None:
     """preexec_fn: SIGKILL the trainer when the task process dies (a SIGKILLed worker leaves no orphan)."""
     with contextlib.suppress(OSError):
@@ -85,7 +91,7 @@ def restore_run(ctx: JobContext, run: Path) -> int:
         return 0
     ctx.storage.get_file(state + name, run / "checkpoints" / name)
     (run / "checkpoints" / "latest").write_text(name + "\n")
-    step = int(name.split("_")[1].split(".")[0])
+    step = checkpoint_step(name)
     try:
         ctx.storage.get_file(job_prefix(ctx.job_id) + "log.jsonl", run / "log.jsonl")
     except ObjectNotFound:
@@ -135,7 +141,7 @@ class _Uploader:
     def _stored_step(self) -> int:
         try:
             name = self.ctx.storage.get_bytes(self.state + "latest").decode().strip()
-            return int(name[5:12])
+            return checkpoint_step(name)
         except (ObjectNotFound, ValueError):
             return -1
 
@@ -147,7 +153,7 @@ class _Uploader:
         path = self.run / "checkpoints" / name
         if not name or name == self.uploaded_ckpt or not path.is_file():
             return
-        if int(name[5:12]) <= self._stored_step():  # another node's, or one this node received
+        if checkpoint_step(name) <= self._stored_step():  # another node's, or one this node received
             self.uploaded_ckpt = name
             return
         self.ctx.storage.put_file(self.state + name, path)
@@ -160,7 +166,7 @@ class _Uploader:
             if base.startswith("ckpt_") and base not in (name, self.uploaded_ckpt):
                 self.ctx.storage.delete(old)
         self.uploaded_ckpt = name
-        self.ctx.jobs.merge_info(self.ctx.job_id, {"last_checkpoint_step": int(name[5:12])})
+        self.ctx.jobs.merge_info(self.ctx.job_id, {"last_checkpoint_step": checkpoint_step(name)})
 
     def log(self, force: bool = False) -> None:
         path = self.run / "log.jsonl"

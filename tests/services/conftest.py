@@ -7,9 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from services.common.settings import Settings, get_settings
 from tests.services.procs import ACCESS, SECRET, RedisServer, S3Server
+
+KEY = {"X-API-Key": "good-key"}  # one of GMPI_API_KEYS below
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +50,21 @@ def settings(
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The gateway app in-process on an empty job store."""
+    import redis
+
+    redis.Redis.from_url(settings.redis_url).flushdb()
+    from services.gateway.app import create_app
+
+    with TestClient(create_app()) as c:
+        yield c
+
+
+@pytest.fixture
+def dataset(client: TestClient) -> str:
+    """An empty dataset created through the API."""
+    return str(client.post("/v1/datasets", json={"name": "t"}, headers=KEY).json()["id"])

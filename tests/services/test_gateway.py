@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from services.common.settings import Settings
-
-KEY = {"X-API-Key": "good-key"}
+from tests.services.conftest import KEY
 
 
 def tiny_zip(n: int = 2) -> bytes:
@@ -24,22 +22,6 @@ def tiny_zip(n: int = 2) -> bytes:
             PIL.Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(img, format="PNG")
             z.writestr(f"00000/img{i:08d}.png", img.getvalue())
     return buf.getvalue()
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    import redis
-
-    redis.Redis.from_url(settings.redis_url).flushdb()
-    from services.gateway.app import create_app
-
-    with TestClient(create_app()) as c:
-        yield c
-
-
-@pytest.fixture
-def dataset(client: TestClient) -> str:
-    return client.post("/v1/datasets", json={"name": "t"}, headers=KEY).json()["id"]
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from services.common.storage import (
     get_storage,
     zip_directory,
 )
-from tests.services.test_gateway import KEY, assert_error
+from tests.services.conftest import KEY
+from tests.services.test_gateway import assert_error
 
 MIB = 1024 * 1024
 
@@ -38,22 +39,6 @@ def big_zip(members: int = 11, member_size: int = MIB) -> bytes:
         for i in range(members):
             z.writestr(f"00000/img{i:08d}.png", rng.randbytes(member_size))
     return buf.getvalue()
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    import redis
-
-    redis.Redis.from_url(settings.redis_url).flushdb()
-    from services.gateway.app import create_app
-
-    with TestClient(create_app()) as c:
-        yield c
-
-
-@pytest.fixture
-def dataset(client: TestClient) -> str:
-    return str(client.post("/v1/datasets", json={"name": "big"}, headers=KEY).json()["id"])
 
 
 @pytest.fixture

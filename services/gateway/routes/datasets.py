@@ -135,13 +135,14 @@ def _refuse_if_images_exist(storage: Storage, dataset_id: str) -> None:
         )
 
 
-def _upload_key(storage: Storage, dataset_id: str, upload_id: str) -> str:
-    _record(storage, dataset_id)
+def _upload_key(storage: Storage, dataset_id: str, upload_id: str) -> tuple[dict, str]:
+    """(the dataset's record, the key its multipart uploads go to), after checking both ids."""
+    rec = _record(storage, dataset_id)
     if not _UPLOAD_ID.match(upload_id):
         raise ApiError(
             422, "invalid_id", "upload_id has characters outside [A-Za-z0-9._~+=-]", {"field": "upload_id"}
         )
-    return dataset_prefix(dataset_id) + "images.zip"
+    return rec, dataset_prefix(dataset_id) + "images.zip"
 
 
 @router.post(
@@ -185,7 +186,7 @@ def complete_upload(
     complete again); 422 ``size_mismatch`` / ``invalid_zip`` when the assembled object is not the declared
     size or not a complete zip (it is deleted: upload again); 409 ``images_exist`` if images.zip
     appeared meanwhile (nothing is replaced)."""
-    key = _upload_key(storage, dataset_id, upload_id)
+    rec, key = _upload_key(storage, dataset_id, upload_id)
     _refuse_if_images_exist(storage, dataset_id)  # a streamed PUT may have landed since the start
     parts = [(p.part_number, p.etag) for p in body.parts]
     try:
@@ -197,7 +198,7 @@ def complete_upload(
     except UploadRejected as e:  # invalid_parts: nothing happened; size_mismatch/invalid_zip: deleted
         deleted = e.code != "invalid_parts"
         raise ApiError(422, e.code, str(e), {"field": "parts", "upload_open": not deleted}) from e
-    return _view(storage, _record(storage, dataset_id))
+    return _view(storage, rec)
 
 
 @router.delete(
@@ -207,7 +208,7 @@ def complete_upload(
     responses={409: {"description": "the directory storage backend"}},
 )
 def abort_upload(dataset_id: str, upload_id: str, _: ApiKey, storage: StorageDep) -> Response:
-    key = _upload_key(storage, dataset_id, upload_id)
+    _rec, key = _upload_key(storage, dataset_id, upload_id)
     try:
         storage.abort_multipart(key, upload_id)
     except MultipartNotSupported as e:
