@@ -171,6 +171,7 @@ _DELEGATED: dict[str, str | dict[str, str]] = {
     "eval": "gmpi_core.eval.cli",
     "data": {"synth": "gmpi_core.data.synthetic"},
     "prep": {"landmarks": "gmpi_core.preprocess.landmarks", "poses": "gmpi_core.preprocess.pose"},
+    "doctor": "gmpi_core.doctor",
 }
 _DELEGATED_HELP = {
     "render": "images, sweep videos, meshes, browser exports of chosen seeds",
@@ -178,6 +179,7 @@ _DELEGATED_HELP = {
     "eval": "FID/KID, identity consistency, depth and pose accuracy -> report.json",
     "data": "datasets: synth (the synthetic 3D heads)",
     "prep": "preprocessing: landmarks (MTCNN), poses (5-point PnP) in the original layouts",
+    "doctor": "environment report: torch/CUDA/GPUs/NCCL/fused kernels; --gpu-selftest",
 }
 
 

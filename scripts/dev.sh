@@ -10,10 +10,13 @@ VENV="${GMPI_VENV:-.venv}"
 PY="${PYTHON:-python3}"
 
 ensure_system_packages() {
-  # redis-server (the stack and its tests) and Debian's chromium (the viewer's browser test), if missing
+  # redis-server (the stack and its tests), Debian's chromium (the viewer's browser test), docker.io and
+  # debootstrap (the container stack and its tests: scripts/stack.sh --docker), if missing
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v chromium >/dev/null || missing+=(chromium)
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "[dev.sh] installing ${missing[*]} with apt-get" >&2
@@ -45,6 +48,9 @@ ensure_env() {
     "$VENV/bin/python" -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was pulled in; expected 2.13.0')"
     touch "$VENV/.gmpi-installed"
   fi
+  # the fused CPU kernels, built once per venv (cache keyed on venv, torch and sources): no first render
+  # or test waits a minute on a compile. A no-op (about 2 s) when they are built.
+  "$VENV/bin/python" -m gmpi_core.ops.prebuild --cpu-only >/dev/null
 }
 
 cmd="${1:-}"; shift || true

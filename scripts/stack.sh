@@ -3,11 +3,20 @@
 #
 #   scripts/stack.sh up | down | status
 #   scripts/stack.sh start-worker QUEUE | stop-worker QUEUE [SIGNAL] | restart-redis | stop-s3 | start-s3
+#   scripts/stack.sh up|down|status|build|kill|start|logs --docker   the same stack in containers
+#                                                                    (scripts/docker-stack.sh)
 #
 # State (pids, logs, data) lives in $GMPI_STACK_DIR (default .stack/); `down` stops only the processes
 # whose pid files are there. Ports: $GMPI_STACK_REDIS_PORT (6390), $GMPI_STACK_S3_PORT (18333; the other
 # SeaweedFS ports are derived from it), $GMPI_PORT (8000). Workers: $GMPI_STACK_QUEUES (all five).
 set -euo pipefail
+
+for a in "$@"; do
+  if [ "$a" = "--docker" ]; then
+    args=(); for b in "$@"; do [ "$b" = "--docker" ] || args+=("$b"); done
+    exec "$(dirname "${BASH_SOURCE[0]}")/docker-stack.sh" "${args[@]}"
+  fi
+done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 D="$(mkdir -p "${GMPI_STACK_DIR:-$ROOT/.stack}" && cd "${GMPI_STACK_DIR:-$ROOT/.stack}" && pwd)"
@@ -100,6 +109,8 @@ worker_ready() { grep -q "ready\." "$D/logs/worker-$1.log"; }
 
 cmd_up() {
   write_env
+  # the fused CPU kernels before any worker starts (a no-op when built; about a minute on first use)
+  "$PY" -m gmpi_core.ops.prebuild --cpu-only
   start_redis
   start_s3
   start gateway "$PY" -m services.gateway
@@ -138,5 +149,5 @@ case "${1:-}" in
     rm -f "$D/run/redis.pid"; start_redis ;;
   stop-s3) stop s3 ;;
   start-s3) start_s3 ;;
-  *) sed -n '2,9p' "$0"; exit 2 ;;
+  *) sed -n '2,11p' "$0"; exit 2 ;;
 esac

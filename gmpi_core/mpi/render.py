@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
@@ -29,7 +28,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from gmpi_core.camera import focal_from_fov, pixel_ray_directions
-from gmpi_core.ops._build import ExtensionSpec, build_error, load_registered, register_extension
+from gmpi_core.ops import kernels
+from gmpi_core.ops._build import build_error, load_registered
 
 __all__ = [
     "IMPLS",
@@ -51,11 +51,8 @@ IMPLS = ("auto", "fused", "reference")
 # (spec §2.3), so 1e-6 only absorbs rounding of poses that were themselves computed in float32.
 RAY_TOLERANCE = 1e-6
 TRANSMITTANCE_EPS = 1e-10  # spec §3.3
-_CSRC = Path(__file__).parent / "csrc"
-_CUDA_SPEC = register_extension(
-    ExtensionSpec("mpi_render_cuda", [_CSRC / "render_cuda_binding.cpp", _CSRC / "render_cuda.cu"], cuda=True)
-)
-_CPU_SPEC = register_extension(ExtensionSpec("mpi_render_cpu", [_CSRC / "render_cpu.cpp"]))
+_CUDA_SPEC = kernels.MPI_RENDER_CUDA
+_CPU_SPEC = kernels.MPI_RENDER_CPU
 
 
 class RayOutsideMPIError(ValueError):

@@ -10,6 +10,13 @@ Environment:
     TORCH_EXTENSIONS_DIR  where builds are cached (torch's own variable)
     GMPI_BUILD_LOCK_TIMEOUT  seconds after which a build lock is taken as stale (default 300)
 
+Cache key: a build embeds the paths of the interpreter, torch and the compiler it was made with, so the
+build folder is named by a hash of everything the build depends on (:func:`build_key`): the sources, the
+compiler flags, the interpreter (``sys.prefix``: the venv), Python's and torch's versions, torch's CUDA
+version, the compiler and ``CUDA_HOME``. Two checkouts or two venvs on one machine (a developer's and
+CI's fresh clone) therefore build side by side instead of rebuilding one folder in turn and waiting on
+each other's lock; a build is reused only by the environment that made it.
+
 torch guards each build directory with a ``lock`` file and waits for it to vanish, forever: a process
 killed mid-build (Ctrl-C twice, SIGKILL, a CI timeout) leaves one behind and every later process hangs on
 its first fused op. Before a build we wait for a lock at most ``GMPI_BUILD_LOCK_TIMEOUT`` seconds of its
@@ -20,6 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -34,6 +45,7 @@ _lock = threading.Lock()
 DEFAULT_LOCK_TIMEOUT_S = 300.0
 _cache: dict[str, ModuleType | None] = {}
 _errors: dict[str, str] = {}
+_error_details: dict[str, str] = {}  # the whole compiler output of a failed build (prebuild prints it)
 
 
 def _build_directory(full_name: str) -> Path | None:
@@ -70,6 +82,40 @@ def clear_stale_lock(build_dir: Path, timeout_s: float | None = None, poll_s: fl
     return True
 
 
+def nvcc_major_version() -> int:
+    """Major version of the nvcc that torch's extension builder will use (torch's CUDA as a fallback)."""
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else (shutil.which("nvcc") or "nvcc")
+        text = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+        found = re.search(r"release (\d+)\.", text)
+        if found:
+            return int(found.group(1))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return int((torch.version.cuda or "12.0").split(".")[0])
+
+
+def cuda_arch_flags() -> list[str]:
+    """``-gencode`` flags of every CUDA kernel: ``TORCH_CUDA_ARCH_LIST`` when set ("7.5;8.0;9.0+PTX"),
+    else V100..H100 (sm_70 is gone from CUDA 13) plus compute_90 PTX for newer GPUs."""
+    wanted = os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(",", ";").replace(" ", ";")
+    if wanted.strip(";"):
+        flags: list[str] = []
+        for item in filter(None, wanted.split(";")):
+            arch = item.removesuffix("+PTX").replace(".", "")
+            if not arch.isdigit():
+                raise ValueError(f"TORCH_CUDA_ARCH_LIST: cannot read {item!r} (expected '8.6' or '9.0+PTX')")
+            flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
+            if item.endswith("+PTX"):
+                flags.append(f"-gencode=arch=compute_{arch},code=compute_{arch}")
+        return flags
+    archs = [75, 80, 86, 89, 90] if nvcc_major_version() >= 13 else [70, 75, 80, 86, 89, 90]
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    return [*flags, "-gencode=arch=compute_90,code=compute_90"]
+
+
 @dataclass(frozen=True)
 class ExtensionSpec:
     """Everything ``load_extension`` needs to build one kernel; ``cuda_flags`` is called at build time
@@ -78,7 +124,7 @@ class ExtensionSpec:
     name: str
     sources: list[Path]
     cuda: bool = False
-    cuda_flags: Callable[[], list[str]] = field(default=list)
+    cuda_flags: Callable[[], list[str]] = field(default=cuda_arch_flags)
 
 
 _specs: dict[str, ExtensionSpec] = {}
@@ -102,9 +148,7 @@ def prebuild(cuda: bool = True) -> dict[str, str]:
     ``TORCH_CUDA_ARCH_LIST=... python -c "from gmpi_core.ops._build import prebuild; prebuild()"``.
     Returns ``{name: reason}`` for each extension that failed to build (empty: all built)."""
     global _allow_without_gpu
-    import gmpi_core.mpi.render
-    import gmpi_core.ops.bias_act
-    import gmpi_core.ops.upfirdn2d  # noqa: F401
+    import gmpi_core.ops.kernels  # noqa: F401  (declares every kernel)
 
     failed: dict[str, str] = {}
     _allow_without_gpu = True
@@ -132,9 +176,53 @@ def fused_enabled() -> bool:
     return os.environ.get("GMPI_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def build_error(name: str) -> str | None:
-    """Why the extension ``name`` is unavailable (``None`` when it loaded or was never tried)."""
-    return _errors.get(name)
+def build_error(name: str, *, details: bool = False) -> str | None:
+    """Why the extension ``name`` is unavailable (``None`` when it loaded or was never tried); with
+    ``details`` the compiler's whole output."""
+    return (_error_details if details else _errors).get(name)
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX", "c++")
+    return os.path.realpath(shutil.which(cxx) or cxx)
+
+
+def build_key(
+    sources: list[Path],
+    cflags: list[str],
+    cuda_cflags: list[str] | None = None,
+    ldflags: list[str] | None = None,
+) -> str:
+    """Hex digest of everything a build depends on (see the module docstring): the cache folder's name."""
+    digest = hashlib.sha256()
+    for src in sources:
+        digest.update(Path(src).name.encode() + b"\0" + Path(src).read_bytes() + b"\0")
+    parts = [
+        "cflags=" + " ".join(cflags),
+        "cuda_cflags=" + " ".join(cuda_cflags or []),
+        "ldflags=" + " ".join(ldflags or []),
+        "prefix=" + os.path.realpath(sys.prefix),
+        "python=" + sys.version,
+        "torch=" + torch.__version__ + "|" + str(torch.version.cuda) + "|" + os.path.dirname(torch.__file__),
+        "cxx=" + _compiler(),
+        "cuda_home=" + (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or ""),
+    ]
+    digest.update("\n".join(parts).encode())
+    return digest.hexdigest()
+
+
+def _announce(name: str, cuda: bool, build_dir: Path | None, full_name: str) -> None:
+    """One line on stderr before a build that will compile (not before loading a finished build)."""
+    if build_dir is not None and (build_dir / f"{full_name}.so").is_file():
+        return
+    what = "CUDA kernel" if cuda else "CPU kernel"
+    where = f" in {build_dir}" if build_dir is not None else ""
+    print(
+        f"gmpi: building the fused {name} {what}{where} (first use in this environment; "
+        f"{'several minutes' if cuda else 'about a minute'}, then cached)...",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def load_extension(
@@ -147,7 +235,8 @@ def load_extension(
 ) -> ModuleType | None:
     """Build (once, cached on disk by torch) and import a C++/CUDA extension, or return ``None``.
 
-    The module name gets a hash of the sources so that editing a kernel never loads a stale build.
+    The module name carries :func:`build_key`, so that editing a kernel, another venv or another torch
+    never loads (or waits on) a build made for something else.
     """
     if not fused_enabled():
         return None
@@ -160,27 +249,29 @@ def load_extension(
                 raise RuntimeError("CUDA is not available")
             from torch.utils import cpp_extension
 
-            digest = hashlib.sha256()
-            for src in sources:
-                digest.update(Path(src).read_bytes())
-            full_name = f"gmpi_{name}_{digest.hexdigest()[:10]}"
+            cflags = ["-O3", *(extra_cflags or [])]
+            ldflags: list[str] | None = None
+            if not cuda:
+                cflags += ["-fopenmp"]
+                ldflags = ["-fopenmp"]
+            cuda_cflags = ["-O3", "--use_fast_math", *(extra_cuda_cflags or [])] if cuda else None
+            full_name = f"gmpi_{name}_{build_key(sources, cflags, cuda_cflags, ldflags)[:16]}"
             build_dir = _build_directory(full_name)
             if build_dir is not None:
                 clear_stale_lock(build_dir)
-            cflags = ["-O3", *(extra_cflags or [])]
-            if not cuda:
-                cflags += ["-fopenmp"]
+            _announce(name, cuda, build_dir, full_name)
             module = cpp_extension.load(
                 name=full_name,
                 sources=[str(s) for s in sources],
                 extra_cflags=cflags,
-                extra_cuda_cflags=["-O3", "--use_fast_math", *(extra_cuda_cflags or [])] if cuda else None,
-                extra_ldflags=["-fopenmp"] if not cuda else None,
+                extra_cuda_cflags=cuda_cflags,
+                extra_ldflags=ldflags,
                 verbose=os.environ.get("GMPI_BUILD_VERBOSE") == "1",
             )
         except Exception as exc:  # any build/import failure means "use the reference path"
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
             _errors[name] = reason
+            _error_details[name] = str(exc)
             warnings.warn(
                 f"gmpi: fused '{name}' kernel unavailable ({reason}); using the reference PyTorch "
                 "implementation (same results, slower). Set GMPI_BUILD_VERBOSE=1 to see the compiler "

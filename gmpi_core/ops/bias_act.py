@@ -10,15 +10,10 @@ the first/second-order gradients, after a one-time self-check against the refere
 from __future__ import annotations
 
 import math
-import os
-import re
-import shutil
-import subprocess
 import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -26,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gmpi_core.ops._build import ExtensionSpec, load_registered, register_extension
+from gmpi_core.ops import kernels
+from gmpi_core.ops._build import ExtensionSpec, load_registered
 
 __all__ = ["ACTIVATIONS", "ActivationSpec", "bias_act"]
 
@@ -133,38 +129,14 @@ def _bias_act_ref(
 # Fused CUDA kernel (optional). Forward: y; backward: dz = dy·gain·act'(z)·mask; double backward
 # uses act''(z). The mask is 1 where |gain·act(z)| <= clamp (torch.clamp's convention).
 
-_CSRC = Path(__file__).parent / "csrc"
-
-
-def _nvcc_major_version() -> int:
-    """Major version of the nvcc that torch's extension builder will use (torch's CUDA as a fallback)."""
-    try:
-        from torch.utils.cpp_extension import CUDA_HOME
-
-        nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else (shutil.which("nvcc") or "nvcc")
-        text = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
-        found = re.search(r"release (\d+)\.", text)
-        if found:
-            return int(found.group(1))
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return int((torch.version.cuda or "12.0").split(".")[0])
-
-
-def _cuda_arch_flags() -> list[str]:
-    """``-gencode`` for V100..H100 (sm_70 is gone from CUDA 13) plus compute_90 PTX for newer GPUs."""
-    archs = [75, 80, 86, 89, 90] if _nvcc_major_version() >= 13 else [70, 75, 80, 86, 89, 90]
-    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-    return [*flags, "-gencode=arch=compute_90,code=compute_90"]
-
 
 class _CheckedKernel:
     """Builds a CUDA extension on first use, self-checks it once, and disables it (one warning) on failure."""
 
-    def __init__(self, name: str, sources: list[Path], self_check: Callable[[], str | None]) -> None:
-        self.name = name
-        self.sources = sources
-        self.spec = register_extension(ExtensionSpec(name, sources, cuda=True, cuda_flags=_cuda_arch_flags))
+    def __init__(self, spec: ExtensionSpec, self_check: Callable[[], str | None]) -> None:
+        self.name = spec.name
+        self.sources = spec.sources
+        self.spec = spec
         self.self_check = self_check
         self.module: ModuleType | None = None
         self._state = "untried"  # untried -> checking -> ready | disabled
@@ -217,9 +189,7 @@ def _self_check() -> str | None:
     return None
 
 
-_KERNEL = _CheckedKernel(
-    "bias_act", [_CSRC / "bias_act_binding.cpp", _CSRC / "bias_act_kernel.cu"], _self_check
-)
+_KERNEL = _CheckedKernel(kernels.BIAS_ACT, _self_check)
 
 
 def _use_kernel(x: Tensor, impl: str) -> bool:

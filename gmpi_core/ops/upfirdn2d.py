@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gmpi_core.ops import kernels
 from gmpi_core.ops.bias_act import IMPLS, _CheckedKernel
 
 __all__ = ["downsample2d", "filter2d", "setup_filter", "upfirdn2d", "upsample2d"]
@@ -243,8 +243,6 @@ def downsample2d(
 # Fused CUDA kernel (optional). The kernel computes a *correlation* with a 2-D filter g (flip and gain
 # already applied); its adjoint is the same kernel with g flipped, up/down swapped and adjusted padding.
 
-_CSRC = Path(__file__).parent / "csrc"
-
 
 def _correlation_filter(f: Tensor | None, flip_filter: bool, gain: float, x: Tensor) -> Tensor:
     """2-D filter g [fh, fw] such that the op is ``y[i] = Σ_j x_up_pad[i·down + j]·g[j]``."""
@@ -323,9 +321,7 @@ def _self_check() -> str | None:
     return None
 
 
-_KERNEL = _CheckedKernel(
-    "upfirdn2d", [_CSRC / "upfirdn2d_binding.cpp", _CSRC / "upfirdn2d_kernel.cu"], _self_check
-)
+_KERNEL = _CheckedKernel(kernels.UPFIRDN2D, _self_check)
 
 
 def _use_kernel(x: Tensor, impl: str, filter_needs_grad: bool) -> bool:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static validation of the deployment files (no Docker engine or cluster needed):
-#   hadolint on every Dockerfile; the Compose v2 binary's `config -q` on compose.yaml (+ the CPU
+#   hadolint on docker/Dockerfile and docker/local/Dockerfile; the Compose v2 binary's `config -q` on compose.yaml (+ the CPU
 #   override); `kubectl kustomize` of each k8s overlay through `kubernetes-validate --strict`, with the
 #   custom resources (KEDA ScaledObject, Kubeflow PyTorchJob) checked against tests/deploy/schemas.
 # tests/deploy runs the same checks (and more) under pytest. Usage: scripts/ci/validate_deploy.sh
@@ -15,7 +15,7 @@ tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 fail=0
 
 echo "== hadolint"
-"$BIN/hadolint" docker/*.Dockerfile && echo "ok: $(ls docker/*.Dockerfile | wc -l) Dockerfiles" || fail=1
+"$BIN/hadolint" docker/Dockerfile docker/local/Dockerfile && echo "ok: docker/Dockerfile, docker/local/Dockerfile" || fail=1
 
 echo "== compose"
 DC="$("$PY" -m tests.deploy.tools compose-bin)"
@@ -24,6 +24,7 @@ DC="$("$PY" -m tests.deploy.tools compose-bin)"
   for v in $(env | grep -oE '^(GMPI_|IMAGE_|COMPOSE_)[A-Za-z0-9_]*' || true); do unset "$v"; done
   "$DC" -f compose.yaml config -q && echo "ok: compose.yaml"
   "$DC" -f compose.yaml -f compose.cpu.yaml config -q && echo "ok: compose.yaml + compose.cpu.yaml"
+  "$DC" -f compose.yaml -f compose.cpu.yaml -f compose.local.yaml config -q && echo "ok: + compose.local.yaml"
 ) || fail=1
 
 for overlay in cpu-dev gpu; do

@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import celeryd_after_setup, worker_ready
 
 from services.common.settings import get_settings
 
 QUEUES = ("landmarks", "pose", "train", "eval", "render")
+KERNEL_QUEUES = ("train", "eval", "render")  # their tasks run the fused kernels
 TASK_MODULES = (
     "services.landmarks.tasks",
     "services.pose.tasks",
@@ -81,3 +82,19 @@ def _start_orphan_reaper(sender: Any = None, **_: Any) -> None:
 
     s = get_settings()
     start_reaper(app, get_job_store(s.redis_url), s.orphan_after_s, s.orphan_check_s)
+
+
+@celeryd_after_setup.connect
+def _prebuild_kernels(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Workers that run the fused kernels build them before taking a task (a no-op when the image or
+    ``scripts/dev.sh`` already built them), so the first job does not wait on a compile. In a child
+    process: the worker's own process stays free of torch until a task needs it."""
+    import subprocess
+    import sys
+
+    try:
+        queues = set(instance.app.amqp.queues.consume_from or ()) if instance is not None else set()
+    except AttributeError:
+        queues = set()
+    if queues & set(KERNEL_QUEUES):
+        subprocess.run([sys.executable, "-m", "gmpi_core.ops.prebuild"], check=False)

@@ -16,10 +16,9 @@ from tests.deploy.tools import (
     bad_env_names,
     compose_bin,
     compose_config,
-    dockerfile,
     dockerfile_queue,
-    final_stage,
     run,
+    stages,
 )
 
 GPU_FILES = ("compose.yaml",)
@@ -32,13 +31,12 @@ def config(files: tuple[str, ...] = GPU_FILES) -> dict[str, Any]:
 
 
 def ours(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Services built from docker/*.Dockerfile, by image name."""
+    """Long-running services built from docker/Dockerfile, by image (= build target)."""
     out = {}
     for svc in cfg["services"].values():
         build = svc.get("build") or {}
-        m = re.fullmatch(r"docker/(\w+)\.Dockerfile", build.get("dockerfile", ""))
-        if m:
-            out[m.group(1)] = svc
+        if build.get("dockerfile") == "docker/Dockerfile" and build.get("target") != "init":
+            out[build["target"]] = svc
     return out
 
 
@@ -64,10 +62,9 @@ def test_every_image_and_queue_has_a_service() -> None:
     served = {dockerfile_queue(image): image for image in services if dockerfile_queue(image)}
     assert served == QUEUES
     for image, svc in services.items():
-        command = svc.get("command")
-        if command:  # a compose command overrides the image's CMD: it must keep the queue
-            queue = dockerfile_queue(image)
-            assert queue is None or command[command.index("-Q") + 1] == queue
+        assert not svc.get("command"), f"{image}: the image's stage sets the command"
+        assert not svc.get("healthcheck"), f"{image}: the image's HEALTHCHECK is the one that counts"
+        assert svc["image"].endswith(f"/{image}:${{IMAGE_TAG:-dev}}") or f"/{image}:" in svc["image"]
 
 
 @pytest.mark.parametrize("files", [GPU_FILES, CPU_FILES], ids=["gpu", "cpu"])
@@ -91,9 +88,13 @@ def test_redis_minio_and_bucket_init() -> None:
     assert any(v["type"] == "volume" and v["target"] == "/data" for v in svcs["minio"]["volumes"])
     assert svcs["minio"]["healthcheck"]["test"] and svcs["redis"]["healthcheck"]["test"]
     init = svcs["bucket-init"]
-    assert "mc mb --ignore-existing" in " ".join(init["command"])
+    assert init["build"]["target"] == "init" and init["restart"] == "no"  # python -m services init
     assert init["depends_on"]["minio"]["condition"] == "service_healthy"
-    assert svcs["flower"]["image"].startswith("mher/flower:")
+    import yaml
+
+    flower = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["flower"]
+    assert flower["image"].startswith("mher/flower:") and flower["profiles"] == ["monitoring"]
+    assert "flower" not in svcs  # not started unless asked for
 
 
 def test_depends_on_healthy_stores() -> None:
@@ -107,9 +108,10 @@ def test_depends_on_healthy_stores() -> None:
         for dep, spec in (svc.get("depends_on") or {}).items():
             if spec["condition"] == "service_healthy":
                 target = cfg["services"][dep]
-                build = (target.get("build") or {}).get("dockerfile")
+                build = target.get("build") or {}
                 has_check = bool(target.get("healthcheck", {}).get("test")) or (
-                    build is not None and "HEALTHCHECK" in final_stage((REPO / build).read_text())
+                    build.get("dockerfile") == "docker/Dockerfile"
+                    and "HEALTHCHECK NONE" not in stages()[build["target"]]
                 )
                 assert has_check, f"{name} waits for {dep} to be healthy but {dep} has no healthcheck"
 
@@ -145,4 +147,4 @@ def test_trainer_shared_memory() -> None:
     trainer = ours(config())["trainer"]
     assert int(trainer["shm_size"]) >= 8 * 1024**3
     assert "GMPI_TRAIN_NPROC" in trainer["environment"]
-    assert dockerfile("trainer").exists()
+    assert "trainer" in stages()

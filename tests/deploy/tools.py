@@ -29,7 +29,7 @@ K8S = REPO / "k8s"
 OVERLAYS = ("cpu-dev", "gpu")
 K8S_VERSION = "1.32.0"
 
-# queue -> image (= docker/<image>.Dockerfile, compose service, k8s Deployment)
+# queue -> image (= a stage of docker/Dockerfile, compose service, k8s Deployment)
 QUEUES = {
     "landmarks": "landmarks",
     "pose": "pose",
@@ -108,25 +108,60 @@ def run(cmd: list[str], *, stdin: str | None = None, cwd: Path = REPO) -> subpro
 # -- Dockerfiles ------------------------------------------------------------------------------------
 
 
-def dockerfile(image: str) -> Path:
-    return DOCKER / f"{image}.Dockerfile"
+DOCKERFILE = DOCKER / "Dockerfile"
+
+
+def dockerfile(image: str | None = None) -> Path:
+    """docker/Dockerfile: one file, a stage per image (``image`` is kept for readability at call sites)."""
+    return DOCKERFILE
+
+
+def stages(text: str | None = None) -> dict[str, str]:
+    """Stage name -> its instructions (line continuations joined), in file order."""
+    joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text() if text is None else text)
+    out = {}
+    for part in re.split(r"(?m)^(?=FROM\s)", joined):
+        m = re.match(r"FROM\s+(\S+)\s+AS\s+(\S+)", part)
+        if m:
+            out[m.group(2)] = part
+    return out
+
+
+def stage_base(name: str) -> str:
+    """The FROM reference of a stage."""
+    m = re.match(r"FROM\s+(\S+)", stages()[name])
+    assert m, name
+    return m.group(1)
 
 
 def final_stage(text: str) -> str:
     """The instructions of the last ``FROM`` stage (line continuations joined)."""
     joined = re.sub(r"\\\n", " ", text)
-    stages = re.split(r"(?m)^FROM\s", joined)
-    return stages[-1]
+    parts = re.split(r"(?m)^FROM\s", joined)
+    return parts[-1]
 
 
 def exec_form(stage: str, instruction: str) -> list[str] | None:
-    m = re.search(rf"(?m)^{instruction}\s+(\[.*\])\s*$", stage)
-    return json.loads(m.group(1)) if m else None
+    found = re.findall(rf"(?m)^{instruction}\s+(\[.*\])\s*$", stage)
+    return json.loads(found[-1]) if found else None
+
+
+def image_instruction(image: str, instruction: str) -> list[str] | None:
+    """An exec-form instruction of an image, inherited through its stage's bases (the last one wins)."""
+    all_stages = stages()
+    name: str | None = image
+    while name in all_stages:
+        found = exec_form(all_stages[name], instruction)
+        if found is not None:
+            return found
+        base = stage_base(name)
+        name = base.replace("${ACCEL}", "gpu")  # the default ACCEL
+    return None
 
 
 def dockerfile_queue(image: str) -> str | None:
-    cmd = exec_form(final_stage(dockerfile(image).read_text()), "CMD") or []
-    return cmd[cmd.index("-Q") + 1] if "-Q" in cmd else None
+    cmd = image_instruction(image, "CMD") or []
+    return cmd[4] if cmd[:4] == ["python", "-m", "services", "worker"] and len(cmd) == 5 else None
 
 
 # -- compose ------------------------------------------------------------------------------------------

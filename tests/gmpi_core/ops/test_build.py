@@ -85,3 +85,115 @@ def test_a_live_build_lock_is_waited_for_not_removed(tmp_path):
 def test_build_directory_is_torchs(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     assert _build._build_directory("gmpi_x_0123456789") == tmp_path / "gmpi_x_0123456789"
+
+
+# -- the cache key: one build folder per environment (venv, torch, compiler, sources, flags) ----------
+
+
+def _captured_names(monkeypatch, tmp_path) -> list[str]:
+    """Run load_extension with torch's builder replaced by a recorder; → the module names it asked for."""
+    from torch.utils import cpp_extension
+
+    names: list[str] = []
+
+    def fake_load(name, **_):
+        names.append(name)
+        return object()
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    return names
+
+
+def _load_fresh(name: str, src: Path) -> None:
+    _build._cache.pop(name, None)
+    assert _build.load_extension(name, [src]) is not None
+
+
+def test_two_venvs_build_into_different_folders(tmp_path, monkeypatch):
+    """The folder used to be named by the sources alone: two checkouts' venvs rebuilt one folder in turn
+    (embedding each venv's paths) and waited on each other's lock."""
+    import sys
+
+    src = tmp_path / "k.cpp"
+    src.write_text("int f() { return 1; }\n")
+    names = _captured_names(monkeypatch, tmp_path / "ext")
+    monkeypatch.setattr(sys, "prefix", "/work/a/.venv")
+    _load_fresh("keytest", src)
+    _load_fresh("keytest", src)  # same environment: same folder
+    monkeypatch.setattr(sys, "prefix", "/work/b/.venv")
+    _load_fresh("keytest", src)
+    assert names[0] == names[1] and names[0] != names[2], names
+    _build._cache.pop("keytest", None)
+
+
+@pytest.mark.parametrize("what", ["source", "torch", "compiler", "cuda_home", "flags"])
+def test_the_key_changes_with_everything_the_build_depends_on(tmp_path, monkeypatch, what):
+    src = tmp_path / "k.cpp"
+    src.write_text("int f() { return 1; }\n")
+    before = _build.build_key([src], ["-O3"])
+    assert _build.build_key([src], ["-O3"]) == before  # deterministic
+    if what == "source":
+        src.write_text("int f() { return 2; }\n")
+    elif what == "torch":
+        monkeypatch.setattr(torch, "__version__", "9.9.9")
+    elif what == "compiler":
+        monkeypatch.setenv("CXX", "/usr/bin/clang++-99")
+    elif what == "cuda_home":
+        monkeypatch.setenv("CUDA_HOME", "/opt/other-cuda")
+    assert _build.build_key([src], ["-O3", "-g"] if what == "flags" else ["-O3"]) != before
+
+
+def test_a_build_is_announced_and_a_finished_one_is_not(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "k.cpp"
+    src.write_text("int f() { return 1; }\n")
+    names = _captured_names(monkeypatch, tmp_path / "ext")
+    _load_fresh("announce", src)
+    err = capsys.readouterr().err
+    assert "gmpi: building the fused announce CPU kernel" in err and "about a minute" in err
+    folder = tmp_path / "ext" / names[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{names[0]}.so").write_bytes(b"")
+    _load_fresh("announce", src)
+    assert "building" not in capsys.readouterr().err
+    _build._cache.pop("announce", None)
+
+
+def test_cuda_arch_flags_follow_torch_cuda_arch_list(monkeypatch):
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    assert _build.cuda_arch_flags() == [
+        "-gencode=arch=compute_80,code=sm_80",
+        "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90,code=compute_90",
+    ]
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "Ampere")
+    with pytest.raises(ValueError, match="TORCH_CUDA_ARCH_LIST"):
+        _build.cuda_arch_flags()
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    monkeypatch.setattr(_build, "nvcc_major_version", lambda: 13)
+    assert "-gencode=arch=compute_70,code=sm_70" not in _build.cuda_arch_flags()  # gone from CUDA 13
+    monkeypatch.setattr(_build, "nvcc_major_version", lambda: 12)
+    assert _build.cuda_arch_flags()[0] == "-gencode=arch=compute_70,code=sm_70"
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+def test_prebuild_command_builds_the_cpu_kernels(capsys):
+    from gmpi_core.ops import prebuild
+
+    assert prebuild.main(["--cpu-only", "--strict"]) == 0
+    assert "built ['mpi_render_cpu']" in capsys.readouterr().out
+
+
+def test_prebuild_command_fails_strictly_and_prints_the_compiler_output(monkeypatch, capsys):
+    from gmpi_core.ops import prebuild
+
+    def broken(cuda=None):
+        _build._error_details["mpi_render_cpu"] = "render_cpu.cpp:1: error: expected ';'\nninja: stopped"
+        return {"mpi_render_cpu": "RuntimeError: ninja: stopped"}
+
+    monkeypatch.setattr(prebuild, "prebuild_kernels", broken)
+    assert prebuild.main(["--cpu-only"]) == 0  # warn and go on
+    assert prebuild.main(["--cpu-only", "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "mpi_render_cpu FAILED" in err and "expected ';'" in err
+    _build._error_details.pop("mpi_render_cpu", None)
