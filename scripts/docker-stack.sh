@@ -2,10 +2,10 @@
 # The service stack in containers: `scripts/stack.sh --docker up|down|status|...` (same ports, keys and
 # commands as the process stack).
 #
-#   scripts/stack.sh up --docker [--gpu]   engine (if none) → base image (if none) → build → compose up --wait
+#   scripts/stack.sh up --docker           engine (if none) → base image (if none) → build → compose up --wait
 #   scripts/stack.sh down --docker         compose down -v: the containers, volumes and the engine it started
 #   scripts/stack.sh status --docker
-#   scripts/stack.sh build --docker [--gpu]   only build the images (--gpu: also the CUDA images: ~9 GB)
+#   scripts/stack.sh build --docker [--gpu]   only build the images (--gpu: also the CUDA images, 7.8 GB)
 #   scripts/stack.sh kill --docker SERVICE [SIGNAL] | start --docker SERVICE | logs --docker SERVICE
 #
 # Engine: $DOCKER_HOST or the default socket when a daemon answers there; otherwise (as root) Debian's
@@ -185,10 +185,8 @@ cmd_build() {
   say "images built in $(( $(date +%s) - t0 )) s"
 }
 
-cmd_up() {
-  local gpu=0
-  [ "${1:-}" = "--gpu" ] && gpu=1
-  cmd_build "$gpu"
+cmd_up() {  # the CPU stack (this machine has no GPU to run the CUDA images; `build --gpu` builds them)
+  cmd_build 0
   ensure_compose
   say "starting the stack (project $PROJECT): gateway http://127.0.0.1:$GMPI_PORT"
   compose up -d --no-build --wait --wait-timeout "${GMPI_UP_TIMEOUT:-300}" \

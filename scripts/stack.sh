@@ -117,6 +117,9 @@ cmd_up() {
   for q in $QUEUES; do : > "$D/logs/worker-$q.log"; start_worker "$q"; done
   wait_for gateway 60 "$PY" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/readyz', timeout=2)"
   for q in $QUEUES; do wait_for "worker $q" 60 worker_ready "$q"; done
+  # the bucket and the shipped demo model (models/demo), as the containers' one-shot init does
+  ( cd "$ROOT" && set -a && . "$D/env" && set +a && "$PY" -m services init ) >>"$D/logs/init.log" 2>&1 \
+    || { echo "stack: init failed (logs in $D/logs/init.log)" >&2; return 1; }
   echo "stack up: http://127.0.0.1:$PORT (API key: \$GMPI_API_KEYS from $D/env), state in $D"
 }
 

@@ -17,10 +17,11 @@ version, the compiler and ``CUDA_HOME``. Two checkouts or two venvs on one machi
 CI's fresh clone) therefore build side by side instead of rebuilding one folder in turn and waiting on
 each other's lock; a build is reused only by the environment that made it.
 
-torch guards each build directory with a ``lock`` file and waits for it to vanish, forever: a process
-killed mid-build (Ctrl-C twice, SIGKILL, a CI timeout) leaves one behind and every later process hangs on
-its first fused op. Before a build we wait for a lock at most ``GMPI_BUILD_LOCK_TIMEOUT`` seconds of its
-age, then remove it with a warning (a build takes about a minute; the lock holds no process id to ask).
+torch up to 2.13 guards each build directory with a ``lock`` file and waits for it to vanish, forever: a
+process killed mid-build (Ctrl-C twice, SIGKILL, a CI timeout) leaves one behind and every later process
+hangs on its first fused op. Before a build we wait for a lock at most ``GMPI_BUILD_LOCK_TIMEOUT`` seconds
+of its age, then remove it with a warning (a build takes about a minute; the lock holds no process id to
+ask). torch 2.14 takes an OS-level lock instead (the file stays and means nothing): no clearing then.
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def _build_directory(full_name: str) -> Path | None:
         return Path(cpp_extension._get_build_directory(full_name, verbose=False))
     except Exception:
         return None
+
+
+def _lock_file_blocks() -> bool:
+    """True while torch guards builds with a lock *file* whose existence blocks (``FileBaton``, torch
+    <= 2.13); torch 2.14 holds an OS-level advisory lock on a file that stays, which a killed builder
+    releases by itself, so there is nothing stale to clear (and a present file means nothing)."""
+    from torch.utils import cpp_extension
+
+    return hasattr(cpp_extension, "FileBaton")
 
 
 def clear_stale_lock(build_dir: Path, timeout_s: float | None = None, poll_s: float = 0.5) -> bool:
@@ -257,7 +267,7 @@ def load_extension(
             cuda_cflags = ["-O3", "--use_fast_math", *(extra_cuda_cflags or [])] if cuda else None
             full_name = f"gmpi_{name}_{build_key(sources, cflags, cuda_cflags, ldflags)[:16]}"
             build_dir = _build_directory(full_name)
-            if build_dir is not None:
+            if build_dir is not None and _lock_file_blocks():
                 clear_stale_lock(build_dir)
             _announce(name, cuda, build_dir, full_name)
             module = cpp_extension.load(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import API_KEY, ROOT, STACK, Stack, _port, _s3_port
+from tests.e2e.conftest import (
+    API_KEY,
+    ROOT,
+    STACK,
+    Stack,
+    _port,
+    stack_env,
+    synthetic_zip,  # noqa: F401  (the session fixture, shared with tests/e2e)
+)
 
 UP_TIMEOUT_S = float(os.environ.get("GMPI_CONTAINER_UP_TIMEOUT", "2400"))  # a cold build: ~5 min here
 
@@ -71,20 +78,7 @@ def cstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerStack]
     d = tmp_path_factory.mktemp("cstack")
     port = _port()
     project = f"gmpi-test-{uuid.uuid4().hex[:8]}"
-    env = {
-        **_engine_env(),
-        "GMPI_STACK_DIR": str(d),
-        "GMPI_PYTHON": sys.executable,
-        "GMPI_COMPOSE_PROJECT": project,
-        "GMPI_PORT": str(port),
-        "GMPI_STACK_REDIS_PORT": str(_port()),
-        "GMPI_STACK_S3_PORT": str(_s3_port()),
-        "GMPI_API_KEYS": API_KEY,
-        "GMPI_ORPHAN_AFTER_S": "10",
-        "GMPI_ORPHAN_CHECK_S": "2",
-        "GMPI_RENDER_RATE_LIMIT": "100000",
-        "GMPI_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024),
-    }
+    env = {**stack_env(d, port, _engine_env()), "GMPI_COMPOSE_PROJECT": project}
     up = subprocess.run([str(STACK), "up", "--docker"], env=env, capture_output=True, text=True,
                         timeout=UP_TIMEOUT_S, cwd=ROOT)  # fmt: skip
     if up.returncode != 0 and "starting one needs root" in up.stderr:

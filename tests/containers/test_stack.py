@@ -16,7 +16,7 @@ import PIL.Image
 import pytest
 
 from tests.containers.conftest import ContainerStack
-from tests.e2e.conftest import synthetic_zip  # noqa: F401  (a session fixture shared with tests/e2e)
+from tests.e2e.conftest import API_KEY, ROOT, upload_dataset
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -24,11 +24,8 @@ SERVICES = {"gateway", "landmarks", "pose", "trainer", "evaluator", "renderer"}
 
 
 @pytest.fixture(scope="module")
-def cdataset(cstack: ContainerStack, synthetic_zip: Path) -> str:  # noqa: F811
-    ds = cstack.client.post("/v1/datasets", json={"name": "synthetic32"}).json()
-    r = cstack.client.put(f"/v1/datasets/{ds['id']}/images", content=synthetic_zip.read_bytes())
-    assert r.status_code == 200, r.text
-    return str(ds["id"])
+def cdataset(cstack: ContainerStack, synthetic_zip: Path) -> str:
+    return upload_dataset(cstack, synthetic_zip)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +139,28 @@ def test_a_killed_trainer_container_resumes_after_compose_up(
     log = next(a for a in done["artifacts"] if a["key"].endswith("log.jsonl"))
     steps = [json.loads(line)["step"] for line in httpx.get(log["url"]).text.splitlines()]
     assert steps == list(range(1, 17)), steps  # no step lost, none repeated
+
+
+def quickstart_block() -> str:
+    """The block of docs/deploy.md marked as executed verbatim."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    marker = text.index("<!-- quickstart: executed verbatim")
+    start = text.index("```bash\n", marker) + len("```bash\n")
+    return text[start : text.index("```", start)]
+
+
+def test_the_deploy_quickstart_runs_verbatim(cstack: ContainerStack, tmp_path: Path) -> None:
+    """docs/deploy.md's quickstart, as written: synthetic data from the image, dataset upload,
+    preprocess, a (short) training, a render saved as view.png."""
+    import subprocess
+
+    env = {**cstack.env, "GMPI_URL": cstack.base_url, "GMPI_API_KEY": API_KEY, "STEPS": "8"}
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", quickstart_block()], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    view = PIL.Image.open(tmp_path / "view.png")
+    assert view.format == "PNG" and view.size == (32, 32)
+    assert "succeeded" in out.stdout and "view.png: model model-" in out.stdout
 
 
 def test_down_removes_every_container_volume_and_network(cstack: ContainerStack) -> None:

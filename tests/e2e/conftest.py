@@ -83,12 +83,11 @@ class Stack:
         return (self.dir / "logs" / f"{name}.log").read_text(errors="replace")[-4000:]
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    d = tmp_path_factory.mktemp("stack")
-    port = _port()
-    env = {
-        **os.environ,
+def stack_env(d: Path, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a test stack (process or container): its own folder, free ports, a test key,
+    a short orphan timeout (killed workers' tasks come back within seconds)."""
+    return {
+        **(os.environ if base is None else base),
         "GMPI_STACK_DIR": str(d),
         "GMPI_PYTHON": sys.executable,
         "GMPI_PORT": str(port),
@@ -100,6 +99,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "GMPI_RENDER_RATE_LIMIT": "100000",
         "GMPI_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024),
     }
+
+
+def upload_dataset(s: Stack, images_zip: Path) -> str:
+    ds = s.client.post("/v1/datasets", json={"name": "synthetic32"}).json()
+    r = s.client.put(f"/v1/datasets/{ds['id']}/images", content=images_zip.read_bytes())
+    assert r.status_code == 200, r.text
+    return str(ds["id"])
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    d = tmp_path_factory.mktemp("stack")
+    port = _port()
+    env = stack_env(d, port)
     up = subprocess.run([str(STACK), "up"], env=env, capture_output=True, text=True, timeout=180)
     base = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=base, headers={"X-API-Key": API_KEY}, timeout=120)
@@ -136,10 +149,7 @@ def synthetic_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def dataset(stack: Stack, synthetic_zip: Path) -> str:
-    ds = stack.client.post("/v1/datasets", json={"name": "synthetic32"}).json()
-    r = stack.client.put(f"/v1/datasets/{ds['id']}/images", content=synthetic_zip.read_bytes())
-    assert r.status_code == 200, r.text
-    return str(ds["id"])
+    return upload_dataset(stack, synthetic_zip)
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,7 @@ def test_training_uploads_its_model_checkpoint_and_log(stack: Stack, trained: di
     assert _fetch(keys["latest"]).decode().strip() == "ckpt_0000008.pt"
     models = stack.client.get("/v1/models").json()["items"]
     assert trained["model_id"] in [m["id"] for m in models]
+    assert "demo" in [m["id"] for m in models]  # `stack.sh up` publishes the shipped demo model
     assert train["progress"]["step"] == 8 and "loss_g" in train["metrics"]
 
 

@@ -197,3 +197,22 @@ def test_prebuild_command_fails_strictly_and_prints_the_compiler_output(monkeypa
     err = capsys.readouterr().err
     assert "mpi_render_cpu FAILED" in err and "expected ';'" in err
     _build._error_details.pop("mpi_render_cpu", None)
+
+
+def test_a_lock_file_is_only_cleared_where_torch_waits_on_its_existence(tmp_path, monkeypatch):
+    """torch 2.14 keeps `lock` after every build (an OS-level lock on it): waiting for it to vanish would
+    stall each first use for GMPI_BUILD_LOCK_TIMEOUT (seen in the CUDA image build)."""
+    from torch.utils import cpp_extension
+
+    src = tmp_path / "k.cpp"
+    src.write_text("int f() { return 1; }\n")
+    names = _captured_names(monkeypatch, tmp_path / "ext")
+    calls: list[Path] = []
+    monkeypatch.setattr(_build, "clear_stale_lock", lambda d: calls.append(d))
+    monkeypatch.setattr(cpp_extension, "FileBaton", object(), raising=False)
+    _load_fresh("locktest", src)
+    assert calls == [tmp_path / "ext" / names[0]]  # torch <= 2.13: a stale lock file is cleared
+    monkeypatch.delattr(cpp_extension, "FileBaton")
+    _load_fresh("locktest", src)
+    assert len(calls) == 1  # torch 2.14: the file is not a lock; nothing to clear or wait for
+    _build._cache.pop("locktest", None)
