@@ -182,6 +182,8 @@ cmd_build() {
     done
   fi
   docker image prune -f --filter "label=$STACK_LABEL" >/dev/null || true
+  # the layer cache is kept for warm rebuilds, but bounded (superseded CUDA builds are GBs each)
+  docker builder prune -f --keep-storage "${GMPI_DOCKER_KEEP_STORAGE:-16GB}" >/dev/null 2>&1 || true
   say "images built in $(( $(date +%s) - t0 )) s"
 }
 

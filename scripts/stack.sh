@@ -96,7 +96,7 @@ JSON
   start s3 "$BIN/weed" mini -dir="$D/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port=$((19333 + OFF)) \
     -volume.port=$((19340 + OFF)) -filer.port=$((18888 + OFF)) -s3.port="$S3_PORT" -s3.port.iceberg=0 -s3.port.lance=0 \
     -admin.port=$((23646 + OFF)) -metricsPort=$((9101 + OFF)) -master.telemetry=false \
-    -webdav=false -admin.ui=false -s3.config="$D/s3.json"
+    -webdav=false -admin.ui=false -s3.config="$D/s3.json" -volume.max=1000  # not "free disk / 128 MB"
   wait_for "SeaweedFS S3" 30 port_open "$S3_PORT"
 }
 

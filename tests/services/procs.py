@@ -56,6 +56,12 @@ class RedisServer:
             self.proc.wait(10)
 
 
+# weed derives its volume limit from the free disk (free / 128 MB by default); every bucket takes several
+# volumes, so a machine with little free disk (container images take tens of GB) answered 500 after a
+# few buckets. Volumes are not preallocated, so a fixed limit costs nothing.
+WEED_MAX_VOLUMES = 1000
+
+
 class S3Server:
     """SeaweedFS ``weed mini`` (S3 API) with one identity; all ports derived from free ones."""
 
@@ -82,7 +88,7 @@ class S3Server:
                f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
                f"-s3.port={self.port}", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-admin.port={ports[3]}",
                f"-metricsPort={ports[4]}", "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
-               f"-s3.config={self.dir / 's3.json'}"]  # fmt: skip
+               f"-s3.config={self.dir / 's3.json'}", f"-volume.max={WEED_MAX_VOLUMES}"]  # fmt: skip
         # grpc ports are http + 10000: pick bases whose +10000 twins are free too (rarely a clash)
         with open(self.dir / "weed.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
