@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +163,11 @@ def test_the_deploy_quickstart_runs_verbatim(cstack: ContainerStack, tmp_path: P
 
 
 def test_down_removes_every_container_volume_and_network(cstack: ContainerStack) -> None:
-    """Last in the module: it takes the stack down (the fixture's own `down` then finds nothing)."""
+    """Last in the module: `docker compose down -v` ends the stack and leaves nothing of it (the fixture's
+    `stack.sh down --docker` then also stops the engine, if it started one)."""
     label = f"label=com.docker.compose.project={cstack.project}"
     assert cstack.docker("volume", "ls", "-q", "--filter", label).split(), "the stack has named volumes"
-    cstack.sh("down", timeout=300)
-    time.sleep(1)
+    cstack.sh("compose", "down", "-v", "--remove-orphans", timeout=300)
     assert cstack.docker("ps", "-aq", "--filter", label).strip() == ""
     assert cstack.docker("volume", "ls", "-q", "--filter", label).strip() == ""
     assert cstack.docker("network", "ls", "-q", "--filter", label).strip() == ""
