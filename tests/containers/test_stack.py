@@ -86,6 +86,8 @@ def _closed_port() -> int:
 
 
 def test_a_fresh_stack_shows_the_demo_model(cstack: ContainerStack) -> None:
+    page = httpx.get(cstack.base_url + "/", timeout=30)  # the viewer ships in the gateway image
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"], page.text[:200]
     models = {m["id"]: m for m in cstack.client.get("/v1/models").json()["items"]}
     assert "demo" in models and models["demo"]["source"] == "demo", models
     r = cstack.client.get("/v1/models/demo/mpi", params={"seed": 1, "planes": 8})
