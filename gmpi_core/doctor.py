@@ -38,10 +38,9 @@ from gmpi_core.ops import _build
 FP16_MEAN_ABS_TOL = 0.02
 FP16_MAX_ABS_TOL = 0.25
 RENDER_ABS_TOL = 1e-4  # as the renderer's own CUDA self-check (float32)
-KERNEL_ATOL, KERNEL_RTOL = (
-    1e-4,
-    1e-3,
-)  # as the bias_act/upfirdn2d self-checks: |got - ref| <= atol + rtol·|ref|
+# as the bias_act/upfirdn2d self-checks: |got - ref| <= atol + rtol·|ref|
+KERNEL_ATOL = 1e-4
+KERNEL_RTOL = 1e-3
 ALL_REDUCE_TIMEOUT_S = 120.0
 # the --bench settings per device type: a real FFHQ256 step on a GPU, a quick pass through the code on CPU
 BENCH = {
@@ -330,13 +329,31 @@ def check_mpi_render(device: torch.device) -> Check:
     return check
 
 
+def _cuda_kernel_check(name: str, device: torch.device) -> Check:
+    """A fused-CUDA-kernel comparison, skipped off CUDA."""
+    check = Check(name, tolerance=f"atol {KERNEL_ATOL:g} + rtol {KERNEL_RTOL:g}·|ref|")
+    if device.type != "cuda":
+        check.status, check.detail = "skip", f"CUDA only (device {device.type})"
+    return check
+
+
+def _mismatches(check: Check, worst: float, problems: list[str], passed: str) -> Check:
+    """Record a kernel comparison: the worst error, and fail with the first mismatches if any."""
+    check.max_abs_err = worst
+    if problems:
+        check.status = "fail"
+        check.detail = f"{len(problems)} mismatches, e.g. " + "; ".join(problems[:4])
+    else:
+        check.detail = passed
+    return check
+
+
 def check_bias_act(device: torch.device) -> Check:
     """Fused CUDA bias_act vs reference, forward and first-order backward, every activation."""
     from gmpi_core.ops.bias_act import ACTIVATIONS, bias_act
 
-    check = Check("bias_act", tolerance=f"atol {KERNEL_ATOL:g} + rtol {KERNEL_RTOL:g}·|ref|")
-    if device.type != "cuda":
-        check.status, check.detail = "skip", f"CUDA only (device {device.type})"
+    check = _cuda_kernel_check("bias_act", device)
+    if check.status == "skip":
         return check
     gen = torch.Generator().manual_seed(0)
     worst, problems, n = 0.0, [], 0
@@ -357,22 +374,17 @@ def check_bias_act(device: torch.device) -> Check:
                     worst = max(worst, err)
                     if not ok:
                         problems.append(f"{act} {tuple(shape)} clamp={clamp} {label}: {err:.3g}")
-    check.max_abs_err = worst
-    if problems:
-        check.status = "fail"
-        check.detail = f"{len(problems)} mismatches, e.g. " + "; ".join(problems[:4])
-    else:
-        check.detail = f"{len(ACTIVATIONS)} activations, {n} cases: forward and grad x, b"
-    return check
+    return _mismatches(
+        check, worst, problems, f"{len(ACTIVATIONS)} activations, {n} cases: forward and grad x, b"
+    )
 
 
 def check_upfirdn2d(device: torch.device) -> Check:
     """Fused CUDA upfirdn2d vs reference (up 2, down 2, separable, plain filter), forward and backward."""
     from gmpi_core.ops.upfirdn2d import setup_filter, upfirdn2d
 
-    check = Check("upfirdn2d", tolerance=f"atol {KERNEL_ATOL:g} + rtol {KERNEL_RTOL:g}·|ref|")
-    if device.type != "cuda":
-        check.status, check.detail = "skip", f"CUDA only (device {device.type})"
+    check = _cuda_kernel_check("upfirdn2d", device)
+    if check.status == "skip":
         return check
     gen = torch.Generator().manual_seed(0)
     cases: list[tuple[str, Tensor, dict[str, Any]]] = [
@@ -405,13 +417,7 @@ def check_upfirdn2d(device: torch.device) -> Check:
                 worst = max(worst, err)
                 if not ok:
                     problems.append(f"{label} {tuple(shape)} {what}: {err:.3g}")
-    check.max_abs_err = worst
-    if problems:
-        check.status = "fail"
-        check.detail = f"{len(problems)} mismatches, e.g. " + "; ".join(problems[:4])
-    else:
-        check.detail = f"{len(cases)} filters x 2 shapes: forward and grad x"
-    return check
+    return _mismatches(check, worst, problems, f"{len(cases)} filters x 2 shapes: forward and grad x")
 
 
 def check_fp16(device: torch.device, preset_name: str = "synthetic64") -> Check:
