@@ -72,7 +72,10 @@ def test_scaledobjects_match_schema_and_queues(overlay: str) -> None:
     for queue, image in QUEUES.items():
         dep = deps[image]
         args = container(dep)["args"]
-        assert args[args.index("-Q") + 1] == queue == dockerfile_queue(image)
+        assert args == ["python", "-m", "services", "worker", queue] and dockerfile_queue(image) == queue
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):  # the images' own health check
+            if probe in container(dep):
+                assert container(dep)[probe]["exec"]["command"] == ["python", "-m", "services", "health"]
         assert container(dep)["image"].split(":")[0].endswith(f"gmpi/{image}")
         trigger = scaled[image]["spec"]["triggers"][0]
         assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == queue
