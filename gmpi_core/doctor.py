@@ -134,20 +134,9 @@ def extensions_root() -> Path:
 
 
 def _register_kernels() -> dict[str, _build.ExtensionSpec]:
-    import gmpi_core.mpi.render
-    import gmpi_core.ops.bias_act
-    import gmpi_core.ops.upfirdn2d  # noqa: F401
+    import gmpi_core.ops.kernels  # noqa: F401  (declares every kernel)
 
     return dict(_build._specs)
-
-
-def kernel_full_name(spec: _build.ExtensionSpec) -> str:
-    """The module (and folder) name ``_build.load_extension`` gives ``spec``: same flags, same cache key."""
-    if spec.cuda:
-        cflags, cuda_cflags, ldflags = ["-O3"], ["-O3", "--use_fast_math", *spec.cuda_flags()], None
-    else:
-        cflags, cuda_cflags, ldflags = ["-O3", "-fopenmp"], None, ["-fopenmp"]
-    return f"gmpi_{spec.name}_{_build.build_key(spec.sources, cflags, cuda_cflags, ldflags)[:16]}"
 
 
 def kernel_status() -> list[dict[str, Any]]:
@@ -158,7 +147,7 @@ def kernel_status() -> list[dict[str, Any]]:
     for name, spec in sorted(_register_kernels().items()):
         row: dict[str, Any] = {"name": name, "device": "cuda" if spec.cuda else "cpu"}
         try:
-            full_name = kernel_full_name(spec)
+            full_name = _build.registered_module_name(spec)
         except Exception as exc:  # unreadable sources, a bad TORCH_CUDA_ARCH_LIST
             row.update(full_name=None, folder=None, built=False, error=f"{type(exc).__name__}: {exc}")
         else:

@@ -221,6 +221,32 @@ def build_key(
     return digest.hexdigest()
 
 
+def _flags(
+    cuda: bool, extra_cflags: list[str] | None = None, extra_cuda_cflags: list[str] | None = None
+) -> tuple[list[str], list[str] | None, list[str] | None]:
+    """(cflags, cuda_cflags, ldflags) of a build: OpenMP for the CPU kernels, fast math for the CUDA ones."""
+    cflags = ["-O3", *(extra_cflags or [])]
+    if cuda:
+        return cflags, ["-O3", "--use_fast_math", *(extra_cuda_cflags or [])], None
+    return [*cflags, "-fopenmp"], None, ["-fopenmp"]
+
+
+def _module_name(
+    name: str,
+    sources: list[Path],
+    cflags: list[str],
+    cuda_cflags: list[str] | None,
+    ldflags: list[str] | None,
+) -> str:
+    return f"gmpi_{name}_{build_key(sources, cflags, cuda_cflags, ldflags)[:16]}"
+
+
+def registered_module_name(spec: ExtensionSpec) -> str:
+    """The module (and build folder) name a registered kernel gets, without building it."""
+    flags = _flags(spec.cuda, None, spec.cuda_flags() if spec.cuda else None)
+    return _module_name(spec.name, spec.sources, *flags)
+
+
 def _announce(name: str, cuda: bool, build_dir: Path | None, full_name: str) -> None:
     """One line on stderr before a build that will compile (not before loading a finished build)."""
     if build_dir is not None and (build_dir / f"{full_name}.so").is_file():
@@ -259,13 +285,8 @@ def load_extension(
                 raise RuntimeError("CUDA is not available")
             from torch.utils import cpp_extension
 
-            cflags = ["-O3", *(extra_cflags or [])]
-            ldflags: list[str] | None = None
-            if not cuda:
-                cflags += ["-fopenmp"]
-                ldflags = ["-fopenmp"]
-            cuda_cflags = ["-O3", "--use_fast_math", *(extra_cuda_cflags or [])] if cuda else None
-            full_name = f"gmpi_{name}_{build_key(sources, cflags, cuda_cflags, ldflags)[:16]}"
+            cflags, cuda_cflags, ldflags = _flags(cuda, extra_cflags, extra_cuda_cflags)
+            full_name = _module_name(name, sources, cflags, cuda_cflags, ldflags)
             build_dir = _build_directory(full_name)
             if build_dir is not None and _lock_file_blocks():
                 clear_stale_lock(build_dir)

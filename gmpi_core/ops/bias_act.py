@@ -135,7 +135,6 @@ class _CheckedKernel:
 
     def __init__(self, spec: ExtensionSpec, self_check: Callable[[], str | None]) -> None:
         self.name = spec.name
-        self.sources = spec.sources
         self.spec = spec
         self.self_check = self_check
         self.module: ModuleType | None = None
