@@ -1,9 +1,15 @@
-"""Fixtures of the web viewer tests: an MPI export, a local HTTP server and headless Chromium.
+"""Fixtures of the web viewer tests: an MPI export, a local HTTP server, the real gateway, headless Chromium.
 
-The server is a stand-in for the gateway: it serves ``services/gateway/static`` at ``/``, export folders
-under ``/exports/<name>/``, and the few API routes the viewer calls, answered with the shapes that
-``services/gateway/static/api.js`` documents (the render route renders the export with gmpi_core, so the
-fallback path shows real pixels).
+``server`` is a stand-in for the gateway: it serves the page at ``/`` and ``services/gateway/static`` at
+``/static/`` as the gateway does, export folders under ``/exports/<name>/``, and the few API routes the
+viewer calls, answered with the shapes that ``services/gateway/static/api.js`` documents (the render route
+renders the export with gmpi_core, so the fallback path shows real pixels). It can fake faults and count
+requests, which the real gateway cannot.
+
+``gateway`` is the real thing, started as the images start it: ``python -m services init`` (the bucket and
+the shipped demo model as ``models/demo``), ``python -m services gateway`` and ``python -m services worker
+render`` on a real Redis and SeaweedFS (the fixtures of tests/services), so that what a newcomer opens at
+``/`` is what the browser tests open.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -31,7 +40,10 @@ from gmpi_core.mpi.render import render_mpi
 from gmpi_core.pipeline import GMPI, MPI
 from gmpi_core.render.export import export_mpi, load_mpi_export
 from gmpi_core.render.views import generate_mpi
+from tests.services import conftest as services_fixtures
+from tests.services.procs import ACCESS, SECRET, RedisServer, S3Server, free_port, wait_port
 
+ROOT = Path(__file__).resolve().parents[2]
 STATIC = Path(__file__).resolve().parents[2] / "services" / "gateway" / "static"
 MODEL_ID = "synthetic64-test"
 CONTENT_TYPES = {
@@ -140,8 +152,12 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                     self._file(server.exports[name].root, rest)
                 else:
                     self._error(HTTPStatus.NOT_FOUND, "not_found", path)
+            elif path == "/":  # the gateway's layout (services/gateway/app.py): the page at /, its folder
+                self._file(STATIC, "index.html")
+            elif path.startswith("/static/"):
+                self._file(STATIC, path[len("/static/") :])
             else:
-                self._file(STATIC, path.lstrip("/") or "index.html")
+                self._error(HTTPStatus.NOT_FOUND, "not_found", path)
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -204,6 +220,82 @@ def server(exports: dict[str, Export]) -> Iterator[Server]:
     yield state
     httpd.shutdown()
     httpd.server_close()
+
+
+# -- the real gateway -----------------------------------------------------------------------------------
+
+# the real Redis and SeaweedFS of tests/services, one of each per session
+redis_server = services_fixtures.redis_server
+s3_server = services_fixtures.s3_server
+
+GATEWAY_KEY = "viewer-key"
+
+
+@dataclass
+class Gateway:
+    url: str
+    api_key: str
+    log_dir: Path
+
+    def logs(self) -> str:
+        """The tails of the gateway's and the render worker's logs (for assertion messages)."""
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.log_dir.glob("*.log"))
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    redis_server: RedisServer, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """The real gateway with the demo model published and one render worker, on free loopback ports."""
+    root = tmp_path_factory.mktemp("gateway")
+    port = free_port()
+    env = {
+        **os.environ,
+        # the settings of tests/services/conftest.py's fixture, in a bucket of its own
+        "GMPI_REDIS_URL": redis_server.url,
+        "GMPI_STORAGE": "s3",
+        "GMPI_S3_ENDPOINT": s3_server.endpoint,
+        "GMPI_S3_ACCESS_KEY": ACCESS,
+        "GMPI_S3_SECRET_KEY": SECRET,
+        "GMPI_S3_BUCKET": f"v{uuid.uuid4().hex[:12]}",
+        "GMPI_API_KEYS": GATEWAY_KEY,
+        "GMPI_CACHE_DIR": str(root / "cache"),
+        "GMPI_RUN_DIR": str(root),
+        "GMPI_HOST": "127.0.0.1",
+        "GMPI_PORT": str(port),
+        "GMPI_WORKER_CONCURRENCY": "1",
+    }
+    services = [sys.executable, "-m", "services"]
+    init = subprocess.run([*services, "init"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert init.returncode == 0, f"services init failed:\n{init.stdout}\n{init.stderr}"
+    assert "demo model published as models/demo/" in init.stdout, init.stdout
+    procs = []
+    try:
+        for name, role in (("gateway", ["gateway"]), ("worker-render", ["worker", "render"])):
+            with open(root / f"{name}.log", "wb") as log:
+                procs.append(subprocess.Popen([*services, *role], env=env, cwd=ROOT, stdout=log, stderr=log))
+        state = Gateway(f"http://127.0.0.1:{port}", GATEWAY_KEY, root)
+        try:
+            wait_port(port, 120)
+        except TimeoutError as exc:
+            raise AssertionError(f"the gateway did not start:\n{state.logs()}") from exc
+        yield state
+    finally:
+        for proc in procs:
+            _stop(proc)
 
 
 # -- the browser ----------------------------------------------------------------------------------------

@@ -37,13 +37,20 @@ export function worldToCamera({ x, y, z, centre }) {
   ]);
 }
 
+/** Focal length in device pixels of a square view: render_mpi's f = W / (2 tan(fov/2)) (spec §1.2). */
+export function focalPixels(fovDeg, size) {
+  return size / (2 * Math.tan((fovDeg * Math.PI) / 360));
+}
+
 /**
- * Focal length in device pixels. render_mpi makes square images with f = W / (2 tan(fov/2)) (spec §1.2);
- * on a non-square canvas the square view is fitted ("contain") to the shorter side, so the central
- * min(W, H)² pixels are exactly that render and the rest shows what lies beyond it.
+ * Where the square view goes on a width × height canvas: the largest centred square ("letterbox"),
+ * {left, top, size} in device pixels from the top-left corner. The MPI is square (render_mpi's images
+ * are), so the view is never stretched to the canvas's aspect ratio, nor shown beyond its field of view:
+ * the bars on either side stay black.
  */
-export function focalPixels(fovDeg, width, height) {
-  return Math.min(width, height) / (2 * Math.tan((fovDeg * Math.PI) / 360));
+export function squareViewport(width, height) {
+  const size = Math.min(width, height);
+  return { left: Math.floor((width - size) / 2), top: Math.floor((height - size) / 2), size };
 }
 
 function dot(a, b) {
@@ -92,7 +99,7 @@ export async function decodePlanes(manifest, urlOf, blobs) {
 const PLANE_VS = `
 attribute vec2 a_corner;
 uniform mat4 u_world_to_camera;
-uniform vec2 u_focal_ndc;      // (2f/W, 2f/H): camera-frame x/z, y/z -> NDC
+uniform vec2 u_focal_ndc;      // (2f/S, 2f/S) of the S × S view: camera-frame x/z, y/z -> NDC
 uniform vec3 u_plane;          // (depth, width, height) in world units
 uniform vec2 u_tex_size;       // (T_w, T_h) texels
 varying vec2 v_texel;
@@ -271,28 +278,43 @@ export class MpiRenderer {
     }
   }
 
-  /** Draw the MPI at the current pose into the canvas. */
+  /** The canvas's square view: {left, top, size} (see squareViewport). */
+  get view() {
+    return squareViewport(this.canvas.width, this.canvas.height);
+  }
+
+  /** Draw the MPI at the current pose into the centred square of the canvas; the rest is black. */
   render() {
     const gl = this.gl;
     const { width, height } = this.canvas;
-    const target = this.useFloatAccumulation ? this.accumulationTarget(width, height) : null;
-    gl.bindFramebuffer(gl.FRAMEBUFFER, target ? target.framebuffer : null);
-    gl.viewport(0, 0, width, height);
+    const view = this.view;
+    const target = this.useFloatAccumulation ? this.accumulationTarget(view.size, view.size) : null;
     gl.clearColor(0, 0, 0, 1); // no implicit background (spec §3.3): uncovered pixels stay black
-    gl.clear(gl.COLOR_BUFFER_BIT);
-    if (this.camera && this.planes.length) this.drawPlanes(width, height);
-    if (target) this.blit(target, width, height);
+    if (target) {
+      gl.bindFramebuffer(gl.FRAMEBUFFER, target.framebuffer);
+      gl.viewport(0, 0, view.size, view.size);
+      gl.clear(gl.COLOR_BUFFER_BIT);
+      this.drawPlanes(view.size);
+    }
+    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+    gl.viewport(0, 0, width, height);
+    gl.clear(gl.COLOR_BUFFER_BIT); // the whole canvas: clear ignores the viewport
+    // GL's window origin is the bottom-left corner
+    gl.viewport(view.left, height - view.top - view.size, view.size, view.size);
+    if (target) this.blit(target);
+    else this.drawPlanes(view.size);
   }
 
-  drawPlanes(width, height) {
+  drawPlanes(size) {
+    if (!this.camera || !this.planes.length) return;
     const gl = this.gl;
     const { program, uniforms } = this.planeProgram;
     const cam = this.camera;
     const c2w = sphereCameraToWorld(this.pose.yaw, this.pose.pitch, cam.sphere_radius, cam.sphere_center_z);
-    const f = focalPixels(cam.fov_deg, width, height);
+    const focalNdc = (2 * focalPixels(cam.fov_deg, size)) / size;
     gl.useProgram(program);
     gl.uniformMatrix4fv(uniforms.u_world_to_camera, false, worldToCamera(c2w));
-    gl.uniform2f(uniforms.u_focal_ndc, (2 * f) / width, (2 * f) / height);
+    gl.uniform2f(uniforms.u_focal_ndc, focalNdc, focalNdc);
     gl.uniform1i(uniforms.u_texture, 0);
     this.bindQuad();
     // "over" with a non-premultiplied source: C = a·c + (1 − a)·C (spec §3.3 unrolled back to front);
@@ -318,7 +340,7 @@ export class MpiRenderer {
   }
 
   /**
-   * A half-float render target the size of the canvas. Blending N planes in an 8-bit framebuffer rounds
+   * A half-float render target the size of the square view. Blending N planes in an 8-bit framebuffer rounds
    * after every plane; accumulating in float and quantising once keeps the result within one 8-bit step
    * of render_mpi's float32 composite.
    */
@@ -357,10 +379,9 @@ export class MpiRenderer {
     this.accum = null;
   }
 
-  blit(target, width, height) {
+  /** Copy the accumulation target 1:1 into the current viewport (the canvas's square view). */
+  blit(target) {
     const gl = this.gl;
-    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
-    gl.viewport(0, 0, width, height);
     gl.useProgram(this.blitProgram.program);
     gl.activeTexture(gl.TEXTURE0);
     gl.bindTexture(gl.TEXTURE_2D, target.texture);
