@@ -1,18 +1,24 @@
-"""The ``gmpi`` command line.
+"""The ``gmpi`` command line (every command takes ``--help``).
 
 gmpi demo [--out outputs/demo]            novel views, depth and MPI planes from a tiny model (CPU)
 gmpi presets [NAME]                       list presets / print one as JSON
 gmpi render --model DIR|--preset NAME ... images, sweep videos, meshes, browser exports of chosen seeds
 gmpi data synth --out DIR --res 64 --n 20000 --seed 0   the synthetic 3D-heads dataset
+gmpi data check ...                                     check a dataset before training
 gmpi train --preset synthetic64 --data DIR --out RUN    training (torchrun for several processes)
-gmpi prep landmarks|poses ...                           preprocessing in the original layouts
+gmpi prep landmarks --input ZIP --out DIR               MTCNN landmarks in the original layout
+gmpi prep poses --landmarks DIR/detections --out DIR    head poses from the landmarks (.mat files)
 gmpi eval --model DIR --data DIR ...                    the metric protocol -> report.json
-gmpi bench render|generator|train_step|... [args...]    the benchmarks in scripts/bench
+gmpi bench [--list | NAME [args...]]                    the benchmarks in scripts/bench (no NAME: list)
+gmpi doctor                                             environment report
+
+``gmpi data`` and ``gmpi prep`` alone (or with ``--help``) list their actions.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import runpy
 import sys
@@ -22,12 +28,33 @@ from pathlib import Path
 import numpy as np
 
 DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo_model"
+BENCH_DIR = Path(__file__).resolve().parent.parent / "scripts" / "bench"
+MODEL_PATH_HINT = (
+    "a model is a native checkpoint folder holding config.json + weights.safetensors, as `gmpi train` "
+    "writes it (e.g. runs/gmpi/model) or the shipped gmpi_core/assets/demo_model"
+)
+
+
+def _check_model_path(model: str) -> None:
+    """Refuse a ``--model`` path that does not exist or is a file, before any checkpoint parsing."""
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"--model {model}: no such file or folder; {MODEL_PATH_HINT}")
+    if not path.is_dir():
+        raise ValueError(f"--model {model} is a file, not a checkpoint folder; {MODEL_PATH_HINT}")
+    if not (path / "config.json").is_file():
+        official = " (it holds an official GMPI config.pth: this command reads native checkpoints)"
+        raise ValueError(
+            f"--model {model} is not a checkpoint folder: it has no config.json"
+            f"{official if (path / 'config.pth').is_file() else ''}; {MODEL_PATH_HINT}"
+        )
 
 
 def _load_model(model: str | None, preset_name: str | None, seed: int):
     from gmpi_core.pipeline import GMPI
 
     if model:
+        _check_model_path(model)
         return GMPI.from_pretrained(model), f"checkpoint {model}"
     if preset_name:
         return GMPI.random(
@@ -120,47 +147,67 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    script = Path(__file__).resolve().parent.parent / "scripts" / "bench" / f"{args.name}.py"
-    if not script.exists():
+def bench_scripts(folder: Path = BENCH_DIR) -> dict[str, str]:
+    """Name → one-line description (the first line of its docstring) of every benchmark script in
+    ``folder``, read without running them."""
+    scripts: dict[str, str] = {}
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            doc = ""
+        lines = doc.strip().splitlines()
+        scripts[path.stem] = lines[0].replace("``", "`") if lines else "(no description)"
+    return scripts
+
+
+def _bench_listing(scripts: dict[str, str]) -> str:
+    width = max(map(len, scripts))
+    rows = [f"  {name:<{width}}  {text}" for name, text in scripts.items()]
+    return "\n".join(
+        [
+            "usage: gmpi bench NAME [args...]   (gmpi bench NAME --help: the options of one benchmark)",
+            "       gmpi bench [--list]         (this list)",
+            "",
+            f"benchmarks ({BENCH_DIR}):",
+            *rows,
+        ]
+    )
+
+
+def cmd_bench(argv: list[str]) -> int:
+    """``gmpi bench``: no name, ``--list``, ``-h``/``--help`` list the benchmarks (exit 0); ``NAME args...``
+    runs ``scripts/bench/NAME.py`` with ``args``; an unknown name lists them on stderr (exit 2)."""
+    scripts = bench_scripts() if BENCH_DIR.is_dir() else {}
+    if not scripts:
         print(
-            f"gmpi bench: no benchmark '{args.name}' ({script} not found; run from a source checkout)",
+            f"gmpi bench: no benchmarks found: they are the scripts in scripts/bench of a source checkout "
+            f"({BENCH_DIR} does not hold any); run gmpi from a clone of the repository",
             file=sys.stderr,
         )
         return 2
-    sys.argv = [str(script), *args.rest]
-    runpy.run_path(str(script), run_name="__main__")
+    if not argv or argv[0] in ("--list", "-l", "-h", "--help"):
+        print(_bench_listing(scripts))
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in scripts:
+        print(f"gmpi bench: no benchmark '{name}'\n\n{_bench_listing(scripts)}", file=sys.stderr)
+        return 2
+    script = BENCH_DIR / f"{name}.py"
+    saved_argv = sys.argv
+    sys.argv = [str(script), *rest]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:  # the scripts end with `raise SystemExit(main())`; argparse exits too
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0)
+        print(exc.code, file=sys.stderr)
+        return 1
+    finally:
+        sys.argv = saved_argv
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="gmpi", description="Generative Multiplane Images: train, evaluate, render."
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-
-    d = sub.add_parser("demo", help="render novel views, depth and MPI planes from a tiny model on CPU")
-    d.add_argument("--out", default="outputs/demo")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--planes", type=int, default=32)
-    d.add_argument("--views", type=int, default=9)
-    d.add_argument(
-        "--train-seconds", type=float, default=60.0, help="length of the demo training run (0: skip)"
-    )
-    d.set_defaults(func=cmd_demo)
-
-    pr = sub.add_parser("presets", help="list the presets or print one as JSON")
-    pr.add_argument("name", nargs="?")
-    pr.set_defaults(func=cmd_presets)
-
-    for name, text in _DELEGATED_HELP.items():
-        sub.add_parser(name, help=f"{text}: `gmpi {name} --help`", add_help=False)
-
-    b = sub.add_parser("bench", help="run a benchmark from scripts/bench (render, generator)")
-    b.add_argument("name")
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    b.set_defaults(func=cmd_bench)
-    return p
 
 
 # Subcommands whose module owns the full argument parser (their --help and options pass through):
@@ -169,7 +216,7 @@ _DELEGATED: dict[str, str | dict[str, str]] = {
     "render": "gmpi_core.render.cli",
     "train": "gmpi_core.train.cli",
     "eval": "gmpi_core.eval.cli",
-    "data": {"synth": "gmpi_core.data.synthetic"},
+    "data": {"synth": "gmpi_core.data.synthetic", "check": "gmpi_core.data.check"},
     "prep": {"landmarks": "gmpi_core.preprocess.landmarks", "poses": "gmpi_core.preprocess.pose"},
     "doctor": "gmpi_core.doctor",
 }
@@ -177,22 +224,135 @@ _DELEGATED_HELP = {
     "render": "images, sweep videos, meshes, browser exports of chosen seeds",
     "train": "train GMPI (or a 2D StyleGAN2), one process or torchrun",
     "eval": "FID/KID, identity consistency, depth and pose accuracy -> report.json",
-    "data": "datasets: synth (the synthetic 3D heads)",
-    "prep": "preprocessing: landmarks (MTCNN), poses (5-point PnP) in the original layouts",
+    "data": "datasets: synth (the synthetic 3D heads), check (a dataset before training)",
+    "prep": "preprocessing in the original layouts: landmarks (MTCNN), poses (5-point PnP)",
     "doctor": "environment report: torch/CUDA/GPUs/NCCL/fused kernels; --gpu-selftest",
+}
+# One line per action of the two-word commands (shown by `gmpi data`, `gmpi prep`, `gmpi --help`).
+_ACTION_HELP: dict[str, dict[str, str]] = {
+    "data": {
+        "synth": "render the synthetic 3D heads: images.zip + true poses, depth, masks, landmarks",
+        "check": "check a dataset (images, poses, landmarks) before training",
+    },
+    "prep": {
+        "landmarks": "5 facial landmarks per image with MTCNN "
+        "(faces of 20 px or more: synthetic heads at 64² or larger)",
+        "poses": "head poses from those landmarks (5-point PnP), written as Deep3DFaceRecon .mat files",
+    },
 }
 
 
+def _actions_listing(command: str) -> str:
+    actions = _ACTION_HELP[command]
+    width = max(map(len, actions))
+    return "\n".join(
+        [
+            f"usage: gmpi {command} {{{','.join(actions)}}} [options]",
+            "",
+            f"actions of `gmpi {command}` (`gmpi {command} ACTION --help` shows the options of one):",
+            *(f"  {name:<{width}}  {text}" for name, text in actions.items()),
+        ]
+    )
+
+
+def _two_word_epilog() -> str:
+    rows = [(f"gmpi {c} {a}", text) for c, actions in _ACTION_HELP.items() for a, text in actions.items()]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(
+        [
+            "two-word commands:",
+            *(f"  {name:<{width}}  {text}" for name, text in rows),
+            "",
+            "`gmpi COMMAND --help` shows the options of a command; `gmpi bench` lists the benchmarks.",
+        ]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gmpi",
+        description="Generative Multiplane Images: train, evaluate, render.",
+        epilog=_two_word_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser(
+        "demo",
+        help="render novel views, depth and MPI planes from a tiny model on CPU",
+        description="Render novel views, depth and MPI planes of the shipped demo model (a random "
+        "synthetic64 model when none is shipped), then run a short training from it on synthetic heads. "
+        "Files in --out are replaced.",
+    )
+    d.add_argument(
+        "--out",
+        default="outputs/demo",
+        help="folder for the images and videos; the training run goes to OUT/train and its data to "
+        "OUT/data (default: %(default)s)",
+    )
+    d.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="latent seed of the rendered head; also seeds the training run's synthetic data "
+        "(default: %(default)s)",
+    )
+    d.add_argument(
+        "--planes", type=int, default=32, help="MPI planes generated and rendered (default: %(default)s)"
+    )
+    d.add_argument(
+        "--views",
+        type=int,
+        default=9,
+        help="novel views across the training yaw range, in the strips and videos (default: %(default)s)",
+    )
+    d.add_argument(
+        "--train-seconds",
+        type=float,
+        default=60.0,
+        help="length in seconds of the demo training run; 0 skips it (default: %(default)s)",
+    )
+    d.set_defaults(func=cmd_demo)
+
+    pr = sub.add_parser("presets", help="list the presets or print one as JSON")
+    pr.add_argument("name", nargs="?", help="print this preset as JSON (default: list them all)")
+    pr.set_defaults(func=cmd_presets)
+
+    for name, text in _DELEGATED_HELP.items():
+        sub.add_parser(name, help=f"{text}: `gmpi {name} --help`", add_help=False)
+    sub.add_parser(
+        "bench",
+        help="the benchmarks in scripts/bench: `gmpi bench` lists them, `gmpi bench NAME [args...]` runs one",
+        add_help=False,
+    )
+    return p
+
+
 def _delegate(argv: list[str]) -> int:
-    target = _DELEGATED[argv[0]]
-    rest = argv[1:]
+    command, rest = argv[0], argv[1:]
+    target = _DELEGATED[command]
     if isinstance(target, dict):
-        if not rest or rest[0] not in target:
-            got = f"'{rest[0]}'" if rest else "nothing"
-            print(f"gmpi {argv[0]}: expected one of {', '.join(target)}, got {got}", file=sys.stderr)
+        if not rest or rest[0] in ("-h", "--help"):
+            print(_actions_listing(command), file=sys.stdout if rest else sys.stderr)
+            if not rest:
+                print(f"gmpi {command}: error: name an action", file=sys.stderr)
+            return 0 if rest else 2
+        if rest[0] not in target:
+            print(_actions_listing(command), file=sys.stderr)
+            print(f"gmpi {command}: error: unknown action '{rest[0]}'", file=sys.stderr)
             return 2
+        command = f"{command} {rest[0]}"
         target, rest = target[rest[0]], rest[1:]
-    module = importlib.import_module(target)
+    try:
+        module = importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name != target:
+            raise
+        print(
+            f"gmpi {command}: error: not available in this installation ({target} is missing)",
+            file=sys.stderr,
+        )
+        return 2
     return int(module.main(rest) or 0)
 
 
@@ -200,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _DELEGATED:
         return _delegate(argv)
+    if argv and argv[0] == "bench":
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

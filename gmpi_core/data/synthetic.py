@@ -41,6 +41,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -612,7 +613,11 @@ def _prepare_destination(out: Path, overwrite: bool) -> None:
         shutil.rmtree(out)
         return
     what = "a synthetic dataset" if ours else "not a synthetic dataset (no meta.json + images.zip)"
-    hint = "pass overwrite=True (--overwrite) to replace it" if ours else "choose an empty or new folder"
+    hint = (
+        "pass --overwrite (overwrite=True) to replace it, or choose another output folder"
+        if ours
+        else "choose a new or empty output folder"
+    )
     raise FileExistsError(f"{out} already exists and is {what}; {hint}")
 
 
@@ -686,26 +691,73 @@ def synthesize_dataset(
     return out
 
 
+DATASET_RESOLUTIONS = tuple(
+    2**k for k in range(MIN_DATASET_RES.bit_length() - 1, MAX_DATASET_RES.bit_length())
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``gmpi data synth --out DIR --res 64 --n 20000 --seed 0 [--workers K]``."""
     parser = argparse.ArgumentParser(
         prog="gmpi data synth", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
-    parser.add_argument("--out", required=True, help="output folder (must be new or empty)")
-    parser.add_argument("--res", type=int, default=64, help="image side, a power of two in 16..1024")
-    parser.add_argument("--n", type=int, default=1000, help="number of images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) - 1))
-    parser.add_argument("--preset", default="FFHQ256", help="camera preset (intrinsics, planes, pose prior)")
-    parser.add_argument("--antialias", type=int, default=2, help="rays per pixel side for the images")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder: must be new or empty (a synthetic dataset there is replaced with --overwrite)",
+    )
+    parser.add_argument(
+        "--res",
+        type=int,
+        default=64,
+        help=f"image side in pixels, one of {', '.join(map(str, DATASET_RESOLUTIONS))} "
+        f"(default: %(default)s; `gmpi prep landmarks` (MTCNN) needs 64 or more: it misses about a quarter "
+        f"of the heads at 32)",
+    )
+    parser.add_argument("--n", type=int, default=1000, help="number of images (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="identity i and its pose depend only on (seed, i) (default: 0)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) - 1),
+        help="rendering processes (default: the CPU count minus one, here %(default)s)",
+    )
+    parser.add_argument(
+        "--preset",
+        default="FFHQ256",
+        help="camera preset (intrinsics, planes, pose prior) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--antialias",
+        type=int,
+        default=2,
+        help="rays per pixel side for the images, 1..8 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing synthetic dataset in --out"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    out = synthesize_dataset(
-        args.out, res=args.res, n=args.n, seed=args.seed, workers=args.workers,
-        camera=preset(args.preset).camera, progress=not args.no_progress, antialias=args.antialias,
-        overwrite=args.overwrite,
-    )  # fmt: skip
+
+    def fail(message: str) -> int:
+        print(f"gmpi data synth: error: {message}", file=sys.stderr)
+        return 2
+
+    if args.res not in DATASET_RESOLUTIONS:
+        return fail(
+            f"--res {args.res} is not supported; choose one of {', '.join(map(str, DATASET_RESOLUTIONS))} "
+            f"(powers of two: the generator's resolutions), e.g. --res 64"
+        )
+    try:
+        camera = preset(args.preset).camera
+        out = synthesize_dataset(
+            args.out, res=args.res, n=args.n, seed=args.seed, workers=args.workers, camera=camera,
+            progress=not args.no_progress, antialias=args.antialias, overwrite=args.overwrite,
+        )  # fmt: skip
+    except (ValueError, OSError) as e:
+        return fail(str(e))
     print(f"[gmpi data synth] wrote {args.n} images at {args.res}² to {out}")
     return 0
 

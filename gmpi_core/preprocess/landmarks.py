@@ -305,11 +305,15 @@ def run_landmarks(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gmpi prep landmarks",
-        description="5 facial landmarks per image with MTCNN, in the official GMPI layout (spec §8.1).",
+        description="5 facial landmarks per image with MTCNN, in the official GMPI layout (spec §8.1).\n"
+        "MTCNN finds faces of 20 px or more (min_face_size): for the synthetic heads use 64² images or\n"
+        "larger (at 32² a head is ~16 px wide and about a quarter of them are missed).",
         epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--input", required=True, help="dataset_tool zip or image folder")
+    p.add_argument(
+        "--input", required=True, help="dataset_tool zip or image folder, e.g. data/synth64/images.zip"
+    )
     p.add_argument(
         "--out", required=True, help="output folder (gets detections/results, fail_list.txt, log.jsonl)"
     )

@@ -936,46 +936,159 @@ def validate_deep3dface_folder(
 # --- command line -------------------------------------------------------------------------------------------
 
 
+def _first_image_size(images: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(W, H) of the first image of a dataset zip or folder (header only), None when it has none."""
+    import io
+
+    import PIL.Image
+
+    from gmpi_core.data.datasets import ImageSource
+
+    source = ImageSource(images)
+    if not source.names:
+        return None
+    with PIL.Image.open(io.BytesIO(source.read_bytes(source.names[0]))) as image:
+        return image.size
+
+
+def _inferred_image_size(landmarks: str, images: str | None) -> tuple[tuple[int, int], str] | None:
+    """The size of the images the landmarks refer to and where it came from: ``--images``, else the
+    synthetic dataset holding the landmarks (its meta.json), else the input the landmark step logged in
+    detections/log.jsonl (if that zip or folder still exists). None when none of them tells."""
+    if images:
+        size = _first_image_size(images)
+        return (size, f"the images of {images}") if size else None
+    try:
+        detections = _detections_dir(Path(landmarks))
+    except FileNotFoundError:
+        return None  # run_poses reports the missing folder
+    meta = detections.parent.parent / "meta.json"  # DATA/landmarks/detections of `gmpi data synth`
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        if str(info.get("generator", "")).startswith("gmpi-synthetic-heads") and int(info["resolution"]) > 0:
+            return (int(info["resolution"]), int(info["resolution"])), f"{meta}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    logged = None
+    try:
+        with open(detections / "log.jsonl", encoding="utf-8") as log:
+            for line in log:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("event") == "start" and record.get("input"):
+                    logged = str(record["input"])
+    except OSError:
+        return None
+    if logged is None or not Path(logged).exists():
+        return None
+    try:
+        size = _first_image_size(logged)
+    except (OSError, ValueError):
+        return None
+    return (size, f"the images of {logged} (from {detections / 'log.jsonl'})") if size else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``gmpi prep poses --landmarks DIR --out POSE_ROOT --layout ffhq|metfaces --resolution R``."""
+    """``gmpi prep poses --landmarks DIR --out POSE_ROOT --layout ffhq|metfaces [--resolution R]``."""
     parser = argparse.ArgumentParser(
         prog="gmpi prep poses",
         description="Head poses from 5 landmarks, written as Deep3DFaceRecon .mat files (spec §1.6, §8.2).",
+        epilog="example: gmpi prep poses --landmarks runtime_dataset/mtcnn_ffhq_256/detections "
+        "--out runtime_dataset/ffhq256_deep3dface_coeffs --resolution 256",
     )
-    parser.add_argument("--landmarks", help="the detections/ folder of the landmark step (results/*.txt)")
+    parser.add_argument(
+        "--landmarks",
+        help="the detections/ folder of the landmark step (holding results/*.txt), or the folder above it",
+    )
     parser.add_argument("--out", required=True, help="pose root: <member>.mat (ffhq) or coeffs/<stem>.mat")
-    parser.add_argument("--layout", choices=["ffhq", "metfaces"], default="ffhq")
-    parser.add_argument("--resolution", type=int, help="image side in pixels the landmarks refer to")
-    parser.add_argument("--template", choices=["bfm", "synthetic"], default="bfm", help="3D face template")
+    parser.add_argument(
+        "--layout",
+        choices=["ffhq", "metfaces"],
+        default="ffhq",
+        help="pose root layout (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        help="side in pixels of the images the landmarks were detected on, e.g. 256 for ffhq256x256.zip "
+        "(default: read from --images, from the synthetic dataset's meta.json, or from the dataset that "
+        "detections/log.jsonl names; required when none of these exists)",
+    )
+    parser.add_argument(
+        "--template",
+        choices=["bfm", "synthetic"],
+        default="bfm",
+        help="3D face template: bfm (a mean real face) or synthetic (the synthetic heads) "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--calibration",
         choices=list(CALIBRATIONS),
         default="none",
-        help="bias correction: none, synthetic (fitted on synthetic heads), dataset-median (median pitch 0)",
+        help="bias correction: none, synthetic (fitted on synthetic heads), dataset-median (median pitch 0) "
+        "(default: %(default)s)",
     )
-    parser.add_argument("--intrinsics", choices=["gmpi", "deep3dface"], default="gmpi")
     parser.add_argument(
-        "--fov", type=float, default=DEFAULT_FOV_DEG, help="field of view of --intrinsics gmpi"
+        "--intrinsics",
+        choices=["gmpi", "deep3dface"],
+        default="gmpi",
+        help="camera of the solver: GMPI's on the whole image, or Deep3DFaceRecon's aligned crop "
+        "(default: %(default)s)",
     )
-    parser.add_argument("--image-ext", default=".png", help="image extension used in the fail lists")
+    parser.add_argument(
+        "--fov",
+        type=float,
+        default=DEFAULT_FOV_DEG,
+        help="field of view in degrees of --intrinsics gmpi (default: %(default)s, FFHQ and MetFaces)",
+    )
+    parser.add_argument(
+        "--image-ext", default=".png", help="image extension used in the fail lists (default: %(default)s)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="re-estimate and rewrite existing files")
     parser.add_argument(
-        "--images", help="dataset zip or folder: validate the pose root against it afterwards"
+        "--images",
+        help="dataset zip or folder the landmarks belong to: gives --resolution and validates the pose root "
+        "against it afterwards",
     )
     parser.add_argument(
         "--validate-only", action="store_true", help="only validate --out (e.g. real Deep3DFaceRecon output)"
     )
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.validate_only:
         if not args.images:
             parser.error("--validate-only needs --images DATASET (the zip or folder the poses belong to)")
-    elif not args.landmarks or not args.resolution:
-        parser.error("--landmarks DIR and --resolution R are required (or --validate-only with --images)")
+    elif not args.landmarks:
+        parser.error(
+            "--landmarks DIR is required: the detections/ folder of `gmpi prep landmarks` (or of a synthetic "
+            "dataset: DATA/landmarks/detections); or use --validate-only with --images"
+        )
     try:
         if not args.validate_only:
+            resolution: int | tuple[int, int]
+            inferred = _inferred_image_size(args.landmarks, args.images)
+            if args.resolution is not None:
+                resolution = args.resolution
+                if inferred and inferred[0] != (args.resolution, args.resolution):
+                    (w, h), where = inferred
+                    raise ValueError(
+                        f"--resolution {args.resolution} does not match {where}, which are {w}x{h}; the "
+                        f"landmark coordinates are pixels of those images: pass --resolution {w}"
+                        + ("" if w == h else f" (or leave it out to use {w}x{h})")
+                    )
+            elif inferred is None:
+                parser.error(
+                    "--resolution R is required here: the side in pixels of the images the landmarks were "
+                    "detected on (e.g. --resolution 256 for ffhq256x256.zip, --resolution 64 for data synth "
+                    "--res 64); or pass --images DATASET to read it from the images"
+                )
+            else:
+                resolution, where = inferred
+                print(f"[gmpi prep poses] resolution {resolution[0]}x{resolution[1]} from {where}")
             summary = run_poses(
-                args.landmarks, args.out, args.layout, args.resolution, args.template, args.calibration,
+                args.landmarks, args.out, args.layout, resolution, args.template, args.calibration,
                 args.intrinsics, args.fov, args.image_ext, args.overwrite, not args.no_progress,
             )  # fmt: skip
             print(
@@ -992,7 +1105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = validate_deep3dface_folder(args.out, args.images, args.layout)
             print(report)
             return 0 if report.ok else 1
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"gmpi prep poses: error: {e}", file=sys.stderr)
         return 2
     return 0

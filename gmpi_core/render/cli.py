@@ -9,13 +9,22 @@ Each seed's MPI is generated once and written under ``OUT/seed_{S:04d}/``:
 ``mesh``   mesh_{ψ}.ply (its own uniformly spaced planes, spec §9.6);
 ``export`` export/ (mpi.json + planes/*.webp) for the browser viewer.
 Sweep poses beyond the pose prior render with ``--out-of-bounds clamp`` (the original would exit).
+
+Existing output is never replaced silently: when ``OUT/seed_{S:04d}/`` already exists (and is not empty)
+for a requested seed, the command stops before rendering anything, unless ``--overwrite``, which replaces
+that whole folder. Each seed is rendered into a hidden ``OUT/.seed_{S:04d}.*.partial`` folder that is
+renamed into place once the seed is complete, so an interrupted render leaves no folder that looks done
+(and an earlier one stays intact until the new one is complete).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -35,54 +44,168 @@ MODES = ("image", "video", "mesh", "export")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gmpi render",
-        description="Render single images, sweep videos, meshes and browser exports of a GMPI model.",
+        description="Render single images, sweep videos, meshes and browser exports of a GMPI model\n"
+        "into one folder OUT/seed_SSSS/ per seed (see below).",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", help="native checkpoint directory (default: the shipped demo model)")
-    src.add_argument("--preset", help="randomly initialised model of this preset (smoke tests)")
-    p.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation (--preset)")
-    p.add_argument("--seed", type=int, nargs="+", default=[0], help="latent seed(s): torch.manual_seed(S)")
-    p.add_argument(
-        "--planes", type=int, default=None, help="MPI planes (default: the config's eval count, 96)"
+    src.add_argument(
+        "--model",
+        help="native checkpoint folder (config.json + weights.safetensors), e.g. runs/gmpi/model as "
+        "`gmpi train` writes it (default: the shipped demo model gmpi_core/assets/demo_model, or a random "
+        "synthetic64 model when none is shipped)",
     )
-    p.add_argument("--psi", type=float, default=1.0, help="truncation ψ")
+    src.add_argument(
+        "--preset", help="render a randomly initialised model of this preset (smoke tests; `gmpi presets`)"
+    )
+    p.add_argument(
+        "--init-seed",
+        type=int,
+        default=0,
+        help="seed of the random initialisation of --preset (or of the fallback model) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="latent seed(s), z from torch.manual_seed(S); one folder OUT/seed_SSSS per seed (default: 0)",
+    )
+    p.add_argument(
+        "--planes",
+        type=int,
+        default=None,
+        help="MPI planes of the image, video and export modes (default: the model config's eval.n_planes: "
+        "32 for the demo model and the synthetic presets, 96 for the official FFHQ/AFHQ/MetFaces presets; "
+        "mesh mode always uses its own planes)",
+    )
+    p.add_argument(
+        "--psi", type=float, default=1.0, help="truncation ψ (default: %(default)s, no truncation)"
+    )
     p.add_argument(
         "--zero-w-avg",
         action="store_true",
         help="truncate toward w = 0 like the official renders (their w_avg buffer is never loaded, spec §10)",
     )
-    p.add_argument("--mode", nargs="+", choices=[*MODES, "all"], default=["image", "video"])
-    p.add_argument("--out", default="outputs/render")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--noise-mode", choices=["random", "const"], default="random", help="per-layer noise")
-    p.add_argument("--chunk-n-planes", type=int, default=0, help="generate planes in chunks (0: all at once)")
+    p.add_argument(
+        "--mode",
+        nargs="+",
+        choices=[*MODES, "all"],
+        default=["image", "video"],
+        help="what to write per seed; all = every mode (default: image video)",
+    )
+    p.add_argument(
+        "--out",
+        default="outputs/render",
+        help="output folder; each seed goes to OUT/seed_SSSS/. A seed folder that already exists is not "
+        "touched: the command refuses before rendering anything unless --overwrite (default: %(default)s)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the existing OUT/seed_SSSS folders of the seeds rendered (each whole folder is swapped "
+        "for the new one once that seed is complete; other seeds' folders are kept)",
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda when available, else cpu; here: %(default)s)",
+    )
+    p.add_argument(
+        "--noise-mode",
+        choices=["random", "const"],
+        default="random",
+        help="per-layer noise: random (seeded by the seed) or the learned constant (default: %(default)s)",
+    )
+    p.add_argument(
+        "--chunk-n-planes",
+        type=int,
+        default=0,
+        help="generate the MPI this many planes at a time to save memory; 0: all at once "
+        "(default: %(default)s)",
+    )
 
     v = p.add_argument_group("image and video")
-    v.add_argument("--size", type=int, default=None, help="render size (default: the model resolution)")
-    v.add_argument("--yaw", type=float, default=None, help="single image yaw (default: U(-0.5, 0.5) by seed)")
     v.add_argument(
-        "--pitch", type=float, default=None, help="single image pitch (default: U(-0.3, 0.3) by seed)"
+        "--size", type=int, default=None, help="render size in pixels (default: the model resolution)"
     )
-    v.add_argument("--frames", type=int, default=100, help="frames per sweep")
-    v.add_argument("--sweeps", nargs="+", choices=SWEEPS, default=list(SWEEPS))
-    v.add_argument("--video-formats", nargs="+", choices=VIDEO_FORMATS, default=list(VIDEO_FORMATS))
-    v.add_argument("--fps", type=int, default=VIDEO_FPS)
-    v.add_argument("--batch", type=int, default=16, help="views per renderer call")
     v.add_argument(
-        "--out-of-bounds", choices=OUT_OF_BOUNDS, default="clamp", help="rays missing the background"
+        "--yaw", type=float, default=None, help="single image yaw in radians (default: U(-0.5, 0.5) by seed)"
+    )
+    v.add_argument(
+        "--pitch",
+        type=float,
+        default=None,
+        help="single image pitch in radians (default: U(-0.3, 0.3) by seed)",
+    )
+    v.add_argument("--frames", type=int, default=100, help="frames per sweep (default: %(default)s)")
+    v.add_argument(
+        "--sweeps",
+        nargs="+",
+        choices=SWEEPS,
+        default=list(SWEEPS),
+        help="horizontal: yaw 0.5 → -0.5 at pitch 0; vertical: pitch 0.3 → -0.3 at yaw 0 (default: both)",
+    )
+    v.add_argument(
+        "--video-formats",
+        nargs="+",
+        choices=VIDEO_FORMATS,
+        default=list(VIDEO_FORMATS),
+        help=f"video containers written per sweep (default: {' '.join(VIDEO_FORMATS)})",
+    )
+    v.add_argument("--fps", type=int, default=VIDEO_FPS, help="video frame rate (default: %(default)s)")
+    v.add_argument("--batch", type=int, default=16, help="views per renderer call (default: %(default)s)")
+    v.add_argument(
+        "--out-of-bounds",
+        choices=OUT_OF_BOUNDS,
+        default="clamp",
+        help="rays that miss the background plane (poses beyond the prior): raise an error, clamp to its "
+        "border texels, or ignore (black pixels) (default: %(default)s)",
     )
 
     m = p.add_argument_group("mesh")
-    m.add_argument("--mesh-chunk-n-planes", type=int, default=64)
-    m.add_argument("--mesh-smoothing", choices=SMOOTHINGS, default="gaussian")
-    m.add_argument("--mesh-sigma", type=float, default=DEFAULT_SIGMA, help="Gaussian σ in voxels")
-    m.add_argument("--mesh-level", type=float, default=MESH_LEVEL, help="iso-level of smooth(alpha - 0.5)")
+    m.add_argument(
+        "--mesh-chunk-n-planes",
+        type=int,
+        default=64,
+        help="planes generated at a time for the mesh volume (its own uniformly spaced planes, up to the "
+        "model resolution); <= 0: all at once (default: %(default)s)",
+    )
+    m.add_argument(
+        "--mesh-smoothing",
+        choices=SMOOTHINGS,
+        default="gaussian",
+        help="smoothing of the alpha volume before marching cubes (default: %(default)s)",
+    )
+    m.add_argument(
+        "--mesh-sigma", type=float, default=DEFAULT_SIGMA, help="Gaussian σ in voxels (default: %(default)s)"
+    )
+    m.add_argument(
+        "--mesh-level",
+        type=float,
+        default=MESH_LEVEL,
+        help="marching-cubes iso-level of smooth(alpha - 0.5) (default: %(default)s)",
+    )
     m.add_argument("--no-mesh-colors", action="store_true", help="write the PLY without vertex colours")
 
     e = p.add_argument_group("export")
-    e.add_argument("--export-format", choices=IMAGE_FORMATS, default="webp")
-    e.add_argument("--export-layout", choices=LAYOUTS, default="planes")
-    e.add_argument("--export-size", type=int, default=None, help="texture size (default: as generated)")
+    e.add_argument(
+        "--export-format",
+        choices=IMAGE_FORMATS,
+        default="webp",
+        help="texture image format of the browser export (default: %(default)s)",
+    )
+    e.add_argument(
+        "--export-layout",
+        choices=LAYOUTS,
+        default="planes",
+        help="one texture file per plane, or all planes in one atlas image (default: %(default)s)",
+    )
+    e.add_argument(
+        "--export-size", type=int, default=None, help="texture size in texels (default: as generated)"
+    )
     return p
 
 
@@ -152,22 +275,83 @@ def _render_seed(gmpi: GMPI, args: argparse.Namespace, modes: list[str], seed: i
     return written
 
 
+def _seed_dir(out: Path, seed: int) -> Path:
+    return out / f"seed_{seed:04d}"
+
+
+def _holds_outputs(path: Path) -> bool:
+    """Whether ``path`` exists as anything but an empty folder (a file, a link, a folder with entries)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        return True
+    return path.is_dir() and any(path.iterdir())
+
+
+def _check_destination(out: Path, seeds: list[int], overwrite: bool) -> None:
+    """Refuse, before any work, an ``--out`` that is a file or already holds one of the seeds' folders."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (it gets one seed_SSSS/ folder per seed)")
+    taken = [_seed_dir(out, s) for s in seeds if _holds_outputs(_seed_dir(out, s))]
+    if taken and not overwrite:
+        shown = ", ".join(str(t) for t in taken[:5]) + (
+            f" and {len(taken) - 5} more" if len(taken) > 5 else ""
+        )
+        raise FileExistsError(
+            f"{out} already holds renders of {'this seed' if len(taken) == 1 else 'these seeds'} ({shown}); "
+            f"pass --overwrite to replace {'it' if len(taken) == 1 else 'them'}, or choose another --out"
+        )
+
+
+def _swap_into_place(staging: Path, final: Path) -> bool:
+    """Move the completed ``staging`` folder to ``final``; an earlier ``final`` is removed only after the
+    new one is complete. → whether an earlier folder was replaced."""
+    old: Path | None = None
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        final.unlink()
+        replaced = True
+    elif final.is_dir():
+        replaced = any(final.iterdir())
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    else:
+        replaced = False
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return replaced
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     modes = list(MODES) if "all" in args.mode else list(dict.fromkeys(args.mode))
+    seeds = list(dict.fromkeys(args.seed))
+    out_root = Path(args.out)
     try:
+        _check_destination(out_root, seeds, args.overwrite)
         from gmpi_core.cli import _load_model
 
         gmpi, what = _load_model(args.model, args.preset, args.init_seed)
         gmpi.to(args.device)
         print(f"[gmpi render] model: {what}; modes: {', '.join(modes)}")
-        for seed in args.seed:
+        out_root.mkdir(parents=True, exist_ok=True)
+        for seed in seeds:
             t0 = time.perf_counter()
-            out = Path(args.out) / f"seed_{seed:04d}"
-            written = _render_seed(gmpi, args, modes, seed, out)
-            print(f"[gmpi render] seed {seed}: {len(written)} files in {time.perf_counter() - t0:.1f} s")
+            final = _seed_dir(out_root, seed)
+            # render into a hidden sibling and rename it into place once complete: an interrupted or failed
+            # render leaves no seed folder that looks finished (and keeps an earlier one intact until then)
+            staging = out_root / f".{final.name}.{uuid.uuid4().hex[:8]}.partial"
+            try:
+                staging.mkdir()
+                written = _render_seed(gmpi, args, modes, seed, staging)
+                replaced = _swap_into_place(staging, final)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            note = f" (replaced the earlier {final})" if replaced else ""
+            print(
+                f"[gmpi render] seed {seed}: {len(written)} files in {time.perf_counter() - t0:.1f} s{note}"
+            )
             for path in written:
-                print(f"  {path}")
+                print(f"  {final / path.relative_to(staging)}")
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as exc:
         print(f"gmpi render: error: {exc}", file=sys.stderr)
         return 2
