@@ -52,6 +52,7 @@ __all__ = [
     "ImageSource",
     "Sample",
     "build_dataset",
+    "dataset_layout",
     "dataset_tool_name",
     "write_dataset_zip",
     "write_deep3dface_mat",
@@ -168,9 +169,9 @@ def image_to_tensor(image: PIL.Image.Image) -> Tensor:
 class GMPIDataset(Dataset[Sample]):
     """Real images and their cameras (spec §7).
 
-    Images on the pose source's fail list are dropped; images without a pose raise ``DatasetError``
-    (``missing_poses="error"``) or are dropped with a warning (``"skip"``). Images whose size differs from
-    ``resolution`` are LANCZOS-resized (warned once). No online flipping (spec §7).
+    Images on the pose source's fail list or in ``exclude`` are dropped; images without a pose raise
+    ``DatasetError`` (``missing_poses="error"``) or are dropped with a warning (``"skip"``). Images whose
+    size differs from ``resolution`` are LANCZOS-resized (warned once). No online flipping (spec §7).
     """
 
     def __init__(
@@ -180,6 +181,7 @@ class GMPIDataset(Dataset[Sample]):
         resolution: int,
         *,
         missing_poses: MissingPoses = "error",
+        exclude: Iterable[str] = (),
     ) -> None:
         if missing_poses not in ("error", "skip"):
             raise ValueError(f"unknown missing_poses '{missing_poses}'; choose one of error, skip")
@@ -193,7 +195,8 @@ class GMPIDataset(Dataset[Sample]):
                 f"no images found in {self.images.path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
                 f"{' members' if self.images.is_zip else ' files, recursively'})"
             )
-        kept = [n for n in self.images.names if not poses.is_excluded(n)]
+        excluded = set(exclude)
+        kept = [n for n in self.images.names if n not in excluded and not poses.is_excluded(n)]
         n_excluded = len(self.images.names) - len(kept)
         missing = [n for n in kept if not poses.has(n)]
         if missing:
@@ -207,7 +210,7 @@ class GMPIDataset(Dataset[Sample]):
         if not kept:
             raise DatasetError(
                 f"no usable images in {self.images.path}: {len(self.images.names)} found, {n_excluded} on "
-                f"the fail list, {len(missing)} without a pose in {poses}"
+                f"the fail list or excluded, {len(missing)} without a pose in {poses}"
             )
         self.keys: list[str] = kept
         self._warned_resize = False
@@ -271,8 +274,21 @@ def build_dataset(
     camera: CameraConfig,
     *,
     missing_poses: MissingPoses = "error",
+    exclude: Iterable[str] = (),
 ) -> GMPIDataset:
-    """The dataset of one of the layouts in this module's table; the camera sphere comes from ``camera``."""
+    """The dataset of one of the layouts in this module's table; the camera sphere comes from ``camera``.
+    ``exclude``: image keys to leave out (e.g. the bad images found by ``gmpi_core.data.check``)."""
+    image_path, source = dataset_layout(kind, images, poses, camera)
+    return GMPIDataset(image_path, source, resolution, missing_poses=missing_poses, exclude=exclude)
+
+
+def dataset_layout(
+    kind: DatasetKind,
+    images: str | os.PathLike[str],
+    poses: str | os.PathLike[str] | None,
+    camera: CameraConfig,
+) -> tuple[Path, PoseSource]:
+    """(the image zip or folder, the pose source) of one of the layouts in this module's table."""
     r, c = camera.sphere_radius, camera.sphere_center_z
     images = Path(images)
     source: PoseSource
@@ -299,7 +315,7 @@ def build_dataset(
         raise ValueError(
             f"unknown dataset kind '{kind}'; choose one of ffhq, afhq, metfaces, folder, synthetic"
         )
-    return GMPIDataset(images, source, resolution, missing_poses=missing_poses)
+    return images, source
 
 
 # --- writers (tests, synthetic data, tools) -----------------------------------------------------------------

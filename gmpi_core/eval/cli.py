@@ -3,11 +3,16 @@
     gmpi eval --model ckpts/FFHQ256 --data ffhq256x256.zip                   # 50k vs 50k, all metrics
     gmpi eval --model runs/synth/ckpt --data data/synth64 --debug --out eval/  # small counts
     gmpi eval --preset synthetic32 --data data/synth32 --n-fid 64 --metrics fid,kid
+    gmpi eval --model gmpi_core/assets/demo_model --data data/synth64 --quick   # minutes on a CPU
 
 Writes ``<out>/report.json`` (every metric, counts, failures, versions, config, checkpoint sha256) and
 ``<out>/summary.txt``. Default counts come from the model's preset (``EvalConfig``: 50,000 FID/KID images,
 1,024 identity pairs and geometry renders for the official presets); ``--debug`` uses eval.sh's debug
-counts (2,048 for FID/KID) and 128 for identity and geometry; ``--n-*`` override either.
+counts (2,048 for FID/KID) and 128 for identity and geometry; ``--quick`` a smoke test of a few minutes on
+a CPU (256 and 64; labelled NOT comparable to the paper's numbers); ``--n-*`` override any of them.
+
+Before the work it prints the plan (metrics and counts) and, after timing the first batches of every
+stage, the estimated time. Ctrl-C stops it with one line saying where, no report, exit status 130.
 """
 
 from __future__ import annotations
@@ -15,9 +20,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from gmpi_core.eval.identity import EMBEDDERS
-from gmpi_core.eval.protocol import METRICS, EvalOptions, load_model, run_eval
+# torch is imported inside main(), where Ctrl-C is handled: an interrupt while it loads ends quietly too.
+# The metric and embedder names are repeated here for the parser; tests/.../test_protocol.py checks them.
+METRICS = ("fid", "kid", "identity", "depth", "pose")
+EMBEDDERS = ("facenet", "arcface")
+
+if TYPE_CHECKING:
+    from gmpi_core.eval.protocol import EvalOptions
 
 
 def _metrics(text: str) -> tuple[str, ...]:
@@ -56,8 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, help="seed for poses, noise and the real-image selection (default 123)"
     )
     proto.add_argument("--geometry-size", type=int, help="render side for depth/pose (default 224)")
-    proto.add_argument(
+    small = proto.add_mutually_exclusive_group()
+    small.add_argument(
         "--debug", action="store_true", help="small counts: 2048 FID/KID images, 128 pairs/renders"
+    )
+    small.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test in minutes on a CPU: 256 FID/KID images, 64 pairs/renders; the numbers are NOT "
+        "comparable to the paper's (labelled so in report.json and summary.txt)",
     )
     proto.add_argument("--batch-size", type=int, default=8, help="MPIs per generator forward")
 
@@ -100,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    from gmpi_core.eval.protocol import EvalOptions
+
     return EvalOptions(
         metrics=args.metrics,
         n_fid=args.n_fid,
@@ -111,6 +131,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         seed=args.seed,
         geometry_size=args.geometry_size,
         debug=args.debug,
+        quick=args.quick,
         batch_size=args.batch_size,
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
@@ -131,9 +152,13 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done, 2 bad arguments or inputs, 130 interrupted (Ctrl-C: one line, no report)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
+        from gmpi_core.eval.protocol import load_model, run_eval
+
         options = options_from_args(args)
+        print(f"[gmpi eval] loading {args.model or f'a random {args.preset} model'} ...", flush=True)
         gmpi, info = load_model(args.model, args.preset, args.device)
         needs_data = bool({"fid", "kid"} & set(options.metrics))
         if needs_data and args.data is None:
@@ -144,7 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"gmpi eval: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # run_eval's EvalInterrupted says where; before it, loading was
+        what = str(exc) or "interrupted while loading; no report written"
+        print(f"gmpi eval: {what}", file=sys.stderr, flush=True)
+        return 130
     print(f"[gmpi eval] wrote {args.out}/report.json and {args.out}/summary.txt")
+    if report.get("notice"):
+        print(f"[gmpi eval] {report['notice']}")
     return 0 if report else 1
 
 

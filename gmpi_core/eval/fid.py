@@ -61,6 +61,7 @@ __all__ = [
     "INCEPTION_SIZE",
     "FeatureInput",
     "RealFeatureCache",
+    "RealFeatureJob",
     "TFInceptionFeatures",
     "dataset_fingerprint",
     "default_cache_dir",
@@ -478,6 +479,76 @@ def default_cache_dir() -> Path:
     return Path(base) / "gmpi" / "fid"
 
 
+class RealFeatureJob:
+    """The real-image features of ``real_features`` in steps, so a caller can time, report and interrupt
+    the extraction batch by batch: on a cache hit ``features`` is set at construction and ``steps()``
+    yields nothing; otherwise ``steps()`` yields the number of images of every extracted batch and sets
+    ``features`` (and writes the cache) when exhausted. ``info`` says what was done."""
+
+    def __init__(
+        self,
+        images: str | os.PathLike[str],
+        extractor: TFInceptionFeatures,
+        *,
+        n: int,
+        resolution: int,
+        seed: int,
+        batch_size: int = 32,
+        cache: RealFeatureCache | None = None,
+    ) -> None:
+        self.source = ImageSource(images)
+        if len(self.source) < 2:
+            raise ValueError(f"{images} holds {len(self.source)} images; FID needs at least 2 real images")
+        self.extractor, self.resolution, self.seed = extractor, resolution, seed
+        self.batch_size, self.cache = batch_size, cache
+        self.names = select_real_images(self.source, n, seed)
+        self.fingerprint = dataset_fingerprint(images)
+        self.key = RealFeatureCache.key(
+            self.fingerprint, resolution, extractor.extractor_id, len(self.names), seed
+        )
+        self.info: dict[str, Any] = {
+            "n": len(self.names),
+            "n_available": len(self.source),
+            "cache_key": self.key,
+            "cached": False,
+        }
+        self.features: np.ndarray | None = None
+        if cache is not None:
+            self.info["cache_file"] = str(cache.path(self.key))
+            cached = cache.load(self.key)
+            if cached is not None and cached.shape == (len(self.names), extractor.num_features):
+                self.info["cached"] = True
+                self.features = cached
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def cached(self) -> bool:
+        return bool(self.info["cached"])
+
+    @torch.inference_mode()
+    def steps(self) -> Iterator[int]:
+        if self.features is not None:
+            return
+        stats: dict[str, int] = {}
+        out: list[np.ndarray] = []
+        for batch in iter_image_batches(self.source, self.names, self.resolution, self.batch_size, stats):
+            out.append(self.extractor(batch).cpu().numpy().astype(np.float32, copy=False))
+            yield batch.shape[0]
+        feats = np.concatenate(out) if out else np.zeros((0, self.extractor.num_features), np.float32)
+        self.info["resized"] = stats.get("resized", 0)
+        if self.cache is not None:
+            meta = {
+                "dataset": self.fingerprint,
+                "resolution": self.resolution,
+                "extractor": self.extractor.extractor_id,
+                "seed": self.seed,
+            }
+            self.cache.save(self.key, feats, {**meta, "n": len(self.names)})
+        self.features = feats
+
+
 def real_features(
     images: str | os.PathLike[str],
     extractor: TFInceptionFeatures,
@@ -490,31 +561,14 @@ def real_features(
     progress: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Features [n', D] of n' = min(n, #images) real images at ``resolution`` (cached), and what was done."""
-    source = ImageSource(images)
-    if len(source) < 2:
-        raise ValueError(f"{images} holds {len(source)} images; FID needs at least 2 real images")
-    names = select_real_images(source, n, seed)
-    fingerprint = dataset_fingerprint(images)
-    key = RealFeatureCache.key(fingerprint, resolution, extractor.extractor_id, len(names), seed)
-    info: dict[str, Any] = {"n": len(names), "n_available": len(source), "cache_key": key, "cached": False}
-    if cache is not None:
-        info["cache_file"] = str(cache.path(key))
-        cached = cache.load(key)
-        if cached is not None and cached.shape == (len(names), extractor.num_features):
-            info["cached"] = True
-            return cached, info
-    stats: dict[str, int] = {}
-    batches = iter_image_batches(source, names, resolution, batch_size, stats)
-    feats = extract_features(
-        extractor, batches, total=len(names), desc="fid_kid: real features", progress=progress
+    from tqdm.auto import tqdm
+
+    job = RealFeatureJob(
+        images, extractor, n=n, resolution=resolution, seed=seed, batch_size=batch_size, cache=cache
     )
-    info["resized"] = stats.get("resized", 0)
-    if cache is not None:
-        meta = {
-            "dataset": fingerprint,
-            "resolution": resolution,
-            "extractor": extractor.extractor_id,
-            "seed": seed,
-        }
-        cache.save(key, feats, {**meta, "n": len(names)})
-    return feats, info
+    if job.features is None:
+        with tqdm(total=len(job), desc="fid_kid: real features", unit="img", disable=not progress) as bar:
+            for done in job.steps():
+                bar.update(done)
+    assert job.features is not None
+    return job.features, job.info

@@ -20,7 +20,15 @@ Stages (each with a tqdm bar; every metric key is always in the report, ``None``
 
 Randomness: latents per image from its seed; rendering noise per batch from ``seed + first index``; poses
 per stage from one generator seeded with (eval seed, stage). Results are deterministic for a given batch
-size. Outputs: ``<out>/report.json`` and ``<out>/summary.txt`` (+ images with ``keep_images``).
+size (and independent of the order in which batches run). Outputs: ``<out>/summary.txt`` and, written
+last, ``<out>/report.json`` (+ images with ``keep_images``).
+
+Counts: the preset's ``EvalConfig`` (the paper's protocol), ``debug`` (eval.sh's debug counts) or
+``quick`` (``QUICK_COUNTS``: minutes on a CPU). Anything below the preset's counts is labelled NOT
+comparable to the paper's numbers (``report["notice"]``, ``comparable_to_paper``, the summary's second
+line, and on screen). Before the work, ``run_eval`` announces the plan (every stage with its count), times
+the first batch of every stage and announces the estimated time; the estimate is refined as it runs. Ctrl-C
+raises ``EvalInterrupted`` (a ``KeyboardInterrupt`` saying where it stopped) and writes no report.
 """
 
 from __future__ import annotations
@@ -28,8 +36,10 @@ from __future__ import annotations
 import datetime
 import importlib
 import importlib.metadata
+import inspect
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -41,7 +51,7 @@ from typing import Any, Literal
 import numpy as np
 import PIL.Image
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from gmpi_core.camera import sample_sphere_poses
@@ -52,9 +62,13 @@ from gmpi_core.pipeline import GMPI
 __all__ = [
     "METRICS",
     "METRIC_KEYS",
+    "QUICK_COUNTS",
+    "STAGES",
+    "EvalInterrupted",
     "EvalOptions",
     "ModelInfo",
     "ResolvedProtocol",
+    "format_duration",
     "format_summary",
     "load_model",
     "open_dataset",
@@ -83,6 +97,12 @@ METRIC_KEYS: tuple[str, ...] = (
 REPORT_FORMAT = "gmpi-eval/1"
 # eval.sh's debug mode uses 2048 images for FID/KID (spec §9.0); identity/geometry are cut to 128 here.
 DEBUG_COUNTS = {"n_fid": 2048, "n_real": 2048, "n_identity": 128, "n_geometry": 128}
+# ``quick``: a smoke test of a few minutes on a CPU. The 64² demo model with all metrics used 6 CPU-minutes
+# (5.5 min user + 0.5 min system; 18 min of wall time on 2 cores shared with a load of ~10, so about 3-4
+# min on 2 idle cores). Its numbers only say that the pipeline runs; FID at 256 images is far above its
+# 50k value.
+QUICK_COUNTS = {"n_fid": 256, "n_real": 256, "n_identity": 64, "n_geometry": 64}
+Mode = Literal["full", "debug", "quick"]
 _STAGE_SEED = {"fid_kid": 0, "identity": 1, "geometry": 2}
 _PACKAGES = (
     "gmpi", "torch", "torchmetrics", "lightning-utilities", "numpy", "scipy", "pillow", "pydantic", "tqdm",
@@ -105,6 +125,9 @@ class EvalOptions(BaseModel):
     seed: int | None = Field(default=None, ge=0, description="pose/noise/real-selection seed (123)")
     geometry_size: int | None = Field(default=None, ge=16, description="render side for geometry (224)")
     debug: bool = False
+    quick: bool = Field(
+        default=False, description="smoke-test counts (QUICK_COUNTS); numbers not comparable to the paper's"
+    )
     batch_size: int = Field(default=8, ge=1, description="MPIs generated per forward")
     feature_batch_size: int = Field(default=32, ge=1, description="real images per Inception forward")
     kid_subsets: int = Field(default=100, ge=1)
@@ -123,6 +146,12 @@ class EvalOptions(BaseModel):
     device: str = "cpu"
     progress: bool = True
 
+    @model_validator(mode="after")
+    def _one_mode(self) -> EvalOptions:
+        if self.quick and self.debug:
+            raise ValueError("quick and debug are two sets of small counts: choose one")
+        return self
+
 
 @dataclass(frozen=True)
 class ResolvedProtocol:
@@ -136,14 +165,17 @@ class ResolvedProtocol:
     truncation_psi: float
     seed: int
     geometry_size: int
+    mode: Mode = "full"
 
     @classmethod
     def of(cls, options: EvalOptions, config: ExperimentConfig) -> ResolvedProtocol:
         e = config.eval
         base = {"n_fid": e.n_fid, "n_real": e.n_real_fid, "n_identity": e.n_consistency}
         base["n_geometry"] = e.n_geometry
-        if options.debug:
-            base = {k: min(v, DEBUG_COUNTS[k]) for k, v in base.items()}
+        mode: Mode = "quick" if options.quick else "debug" if options.debug else "full"
+        if mode != "full":
+            small = QUICK_COUNTS if mode == "quick" else DEBUG_COUNTS
+            base = {k: min(v, small[k]) for k, v in base.items()}
         pick: dict[str, Any] = {
             k: getattr(options, k) if getattr(options, k) is not None else v for k, v in base.items()
         }
@@ -152,8 +184,45 @@ class ResolvedProtocol:
             truncation_psi=e.truncation_psi if options.truncation_psi is None else options.truncation_psi,
             seed=e.seed if options.seed is None else options.seed,
             geometry_size=options.geometry_size or e.geometry_size,
+            mode=mode,
             **pick,
         )
+
+    def official_counts(self, config: ExperimentConfig, metrics: Sequence[str]) -> bool:
+        """Whether every requested metric uses at least the preset's protocol counts (spec §9.0)."""
+        e, wanted = config.eval, set(metrics)
+        need = []
+        if wanted & {"fid", "kid"}:
+            need += [(self.n_fid, e.n_fid), (self.n_real, e.n_real_fid)]
+        if "identity" in wanted:
+            need.append((self.n_identity, e.n_consistency))
+        if wanted & {"depth", "pose"}:
+            need.append((self.n_geometry, e.n_geometry))
+        return all(have >= want for have, want in need)
+
+    def notice(self, config: ExperimentConfig, metrics: Sequence[str]) -> str | None:
+        """The warning that goes on screen, into report.json and summary.txt; None for official counts."""
+        wanted = set(metrics)
+        parts = [f"{self.n_fid} fakes / {self.n_real} reals"] if wanted & {"fid", "kid"} else []
+        parts += [f"{self.n_identity} identity pairs"] if "identity" in wanted else []
+        parts += [f"{self.n_geometry} geometry renders"] if wanted & {"depth", "pose"} else []
+        counts = ", ".join(parts)
+        if self.mode == "quick":
+            return (
+                f"QUICK MODE ({counts}): a smoke test; these numbers are NOT comparable to the paper's "
+                f"(FID at a few hundred images is far above its 50k value, every metric is noisy)"
+            )
+        if self.mode == "debug":
+            return (
+                f"DEBUG COUNTS ({counts}): NOT comparable to the paper's numbers (the protocol uses "
+                f"{config.eval.n_fid} images for FID/KID); compare only with runs of the same counts"
+            )
+        if not self.official_counts(config, metrics):
+            return (
+                f"REDUCED COUNTS ({counts}): below the preset's protocol, NOT comparable to the paper's "
+                f"numbers; compare only with runs of the same counts"
+            )
+        return None
 
 
 # --- model and data ---------------------------------------------------------------------------------------
@@ -305,13 +374,19 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     np.save(path, array)
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Any:
+def _bar(total: int, desc: str, enabled: bool, initial: int = 0, unit: str = "img") -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, initial=initial)
 
 
 # --- stages -----------------------------------------------------------------------------------------------
+#
+# A stage is set up eagerly (extractors, detectors, cached features) and does its per-batch work in
+# phases: generators that yield the number of units of every batch they finish. ``run_eval`` first runs
+# the first batches of every phase (timing them for the ETA), then each phase to its end in order, then
+# each stage's ``finish``. Every batch is seeded by its own first index, so the order does not change a
+# number.
 
 
 @dataclass
@@ -327,36 +402,87 @@ class _Run:
     timings: dict[str, float]
 
 
-def _stage_fid_kid(run: _Run) -> None:
+@dataclass
+class _Phase:
+    """``total`` units (images, pairs, renders) done batch by batch by ``steps``."""
+
+    name: str  # the progress-report name (one of STAGES)
+    total: int
+    unit: str
+    steps: Iterator[int]
+    plan: str  # what the phase computes, for the plan printed before the run
+    timing_key: str
+    done: int = 0
+    seconds: float = 0.0
+    first: tuple[float, int] | None = None  # (seconds, units) of the first batch: includes warm-up
+    finished: bool = False
+
+    def advance(self) -> bool:
+        """Run one batch; False (and ``finished``) once the phase has no more work."""
+        if self.finished:
+            return False
+        t0 = time.perf_counter()
+        try:
+            n = next(self.steps)
+        except StopIteration:
+            self.finished = True
+            self.seconds += time.perf_counter() - t0
+            return False
+        dt = time.perf_counter() - t0
+        if self.first is None:
+            self.first = (dt, n)
+        self.seconds += dt
+        self.done += n
+        return True
+
+    def seconds_per_unit(self) -> float | None:
+        """From the batches after the first when there are any (the first pays for warm-up)."""
+        if self.first is None:
+            return None
+        steady_units = self.done - self.first[1]
+        if steady_units > 0:
+            return (self.seconds - self.first[0]) / steady_units
+        return self.first[0] / max(1, self.first[1])
+
+    def remaining_s(self) -> float:
+        rate = self.seconds_per_unit()
+        return 0.0 if rate is None else rate * max(0, self.total - self.done)
+
+
+@dataclass
+class _Stage:
+    phases: list[_Phase]
+    finish: Callable[[], None]
+
+
+def _stage_fid_kid(run: _Run) -> _Stage | None:
     from gmpi_core.eval.fid import (
         RealFeatureCache,
+        RealFeatureJob,
         TFInceptionFeatures,
         default_cache_dir,
         fid_kid_from_features,
-        real_features,
     )
 
     opts, proto, gmpi = run.options, run.proto, run.gmpi
     if run.dataset is None:
         for k in ("fid", "kid_mean", "kid_std"):
             run.skipped[k] = "no real images: pass --data DATASET"
-        return
+        return None
     extractor = TFInceptionFeatures(opts.inception, device=opts.device)
     cache = None
     if opts.use_cache:
         cache = RealFeatureCache(opts.cache_dir or default_cache_dir())
     res = gmpi.config.generator.img_resolution
-    t0 = time.perf_counter()
-    real, real_info = real_features(
+    reals = RealFeatureJob(
         run.dataset.images, extractor, n=proto.n_real, resolution=res, seed=proto.seed,
-        batch_size=opts.feature_batch_size, cache=cache, progress=opts.progress,
+        batch_size=opts.feature_batch_size, cache=cache,
     )  # fmt: skip
-    run.timings["fid_kid_real"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     yaw, pitch = _prior_poses(gmpi, proto.n_fid, proto.seed, "fid_kid")
-    feats = []
+    feats: list[np.ndarray] = []
     rgb_dir = run.out / "fid_kid"
-    with _bar(proto.n_fid, "fid_kid: fakes", opts.progress) as bar:
+
+    def fakes() -> Iterator[int]:
         for idx in _batches(proto.n_fid, opts.batch_size):
             ((images, _),) = render_views(
                 gmpi, idx, [(yaw[idx], pitch[idx])], n_planes=proto.n_planes,
@@ -368,28 +494,42 @@ def _stage_fid_kid(run: _Run) -> None:
                 for j, i in enumerate(idx):
                     _save_png(rgb_dir / "rgb" / f"{i:06d}.png", images[j])
                     _save_npy(rgb_dir / "angle" / f"{i:06d}.npy", np.array([pitch[i], yaw[i]], np.float32))
-            bar.update(len(idx))
-    fake = np.concatenate(feats)
-    run.timings["fid_kid_fake"] = time.perf_counter() - t0
-    want_kid = "kid" in opts.metrics
-    result = fid_kid_from_features(
-        real,
-        fake,
-        kid_subsets=opts.kid_subsets,
-        kid_subset_size_max=opts.kid_subset_size,
-        compute_kid=want_kid,
-    )
-    if "fid" in opts.metrics:
-        run.metrics["fid"] = result.fid
-    if want_kid:
-        run.metrics["kid_mean"], run.metrics["kid_std"] = result.kid_mean, result.kid_std
-    run.details["fid_kid"] = {
-        **result.as_dict(),
-        "extractor": extractor.extractor_id,
-        "inception_weights": str(extractor.weights_path),
-        "inception_sha256": extractor.sha256,
-        "real": real_info,
-    }
+            yield len(idx)
+
+    def finish() -> None:
+        assert reals.features is not None, "the real-feature phase did not run to its end"
+        want_kid = "kid" in opts.metrics
+        result = fid_kid_from_features(
+            reals.features,
+            np.concatenate(feats),
+            kid_subsets=opts.kid_subsets,
+            kid_subset_size_max=opts.kid_subset_size,
+            compute_kid=want_kid,
+        )
+        if "fid" in opts.metrics:
+            run.metrics["fid"] = result.fid
+        if want_kid:
+            run.metrics["kid_mean"], run.metrics["kid_std"] = result.kid_mean, result.kid_std
+        run.details["fid_kid"] = {
+            **result.as_dict(),
+            "extractor": extractor.extractor_id,
+            "inception_weights": str(extractor.weights_path),
+            "inception_sha256": extractor.sha256,
+            "real": reals.info,
+        }
+
+    names = ",".join(m for m in ("fid", "kid") if m in opts.metrics)
+    kid = f", KID {opts.kid_subsets} subsets" if "kid" in opts.metrics else ""
+    real_plan = f"{len(reals)} real images ({'features cached' if reals.cached else 'TF-Inception'})"
+    return _Stage(
+        [
+            _Phase("fid_kid: real features", 0 if reals.cached else len(reals), "image", reals.steps(),
+                   f"{names}: {real_plan}", "fid_kid_real"),
+            _Phase("fid_kid: fakes", proto.n_fid, "image", fakes(),
+                   f"{names}: {proto.n_fid} generated images (TF-Inception){kid}", "fid_kid_fake"),
+        ],
+        finish,
+    )  # fmt: skip
 
 
 def _face_detector() -> Callable[[Sequence[np.ndarray]], list[Any]]:
@@ -404,7 +544,7 @@ def _face_detector() -> Callable[[Sequence[np.ndarray]], list[Any]]:
     raise ImportError("no face landmark detector: gmpi_core.preprocess.landmarks.detect_landmarks is missing")
 
 
-def _stage_identity(run: _Run) -> None:
+def _stage_identity(run: _Run) -> _Stage:
     opts, proto, gmpi = run.options, run.proto, run.gmpi
     detector = None
     if opts.detect_faces:
@@ -413,11 +553,11 @@ def _stage_identity(run: _Run) -> None:
         except ImportError as e:
             run.details.setdefault("notes", []).append(f"identity: whole-image crops ({e})")
     embedder = build_embedder(opts.embedder, model_path=opts.embedder_model, detector=detector)
-    t0 = time.perf_counter()
     yaw, pitch = _prior_poses(gmpi, 2 * proto.n_identity, proto.seed, "identity")
     yaw, pitch = yaw.view(-1, 2), pitch.view(-1, 2)  # two independent poses per MPI (spec §9.5)
     scores: list[float] = []
-    with _bar(proto.n_identity, "identity", opts.progress) as bar:
+
+    def pairs() -> Iterator[int]:
         for idx in _batches(proto.n_identity, opts.batch_size):
             views = render_views(
                 gmpi, idx, [(yaw[idx, j], pitch[idx, j]) for j in (0, 1)], n_planes=proto.n_planes,
@@ -430,17 +570,21 @@ def _stage_identity(run: _Run) -> None:
                         _save_png(run.out / "consistency" / "rgb" / f"{i:06d}_{v}.png", views[v][0][j])
                         pose = np.array([pitch[i, v], yaw[i, v]], np.float32)
                         _save_npy(run.out / "consistency" / "angle" / f"{i:06d}_{v}.npy", pose)
-            bar.update(len(idx))
-    from gmpi_core.eval.identity import IdentityResult
+            yield len(idx)
 
-    result = IdentityResult.of(scores)
-    run.metrics["identity_mean"], run.metrics["identity_std"] = result.mean, result.std
-    run.details["identity"] = {
-        **result.as_dict(),
-        "embedder": repr(embedder),
-        "face_detector": detector is not None,
-    }
-    run.timings["identity"] = time.perf_counter() - t0
+    def finish() -> None:
+        from gmpi_core.eval.identity import IdentityResult
+
+        result = IdentityResult.of(scores)
+        run.metrics["identity_mean"], run.metrics["identity_std"] = result.mean, result.std
+        run.details["identity"] = {
+            **result.as_dict(),
+            "embedder": repr(embedder),
+            "face_detector": detector is not None,
+        }
+
+    plan = f"identity: {proto.n_identity} view pairs ({opts.embedder} embedder)"
+    return _Stage([_Phase("identity", proto.n_identity, "pair", pairs(), plan, "identity")], finish)
 
 
 def _pose_estimator(options: EvalOptions, gmpi: GMPI, synthetic: bool) -> Any:
@@ -504,7 +648,7 @@ def _record(run: _Run, name: str, errors: Tensor, **extra: Any) -> None:
         run.skipped[f"{name}_mean"] = f"{name}: no image could be scored (see details.geometry.{name})"
 
 
-def _stage_geometry(run: _Run) -> None:
+def _stage_geometry(run: _Run) -> _Stage:
     from gmpi_core.eval.geometry import PoseMatchedDepth, zscored_depth_mse
 
     opts, proto, gmpi = run.options, run.proto, run.gmpi
@@ -530,60 +674,67 @@ def _stage_geometry(run: _Run) -> None:
             run.skipped[k] = "needs a synthetic dataset (--data DIR of `gmpi data synth`) for its true depth"
 
     yaw, pitch = _prior_poses(gmpi, n, proto.seed, "geometry")
-    if detector is not None or reference is not None or opts.keep_images:
-        t0 = time.perf_counter()
-        pose_err = torch.full((n,), math.nan, dtype=torch.float64)
-        depth_err = torch.full((n,), math.nan, dtype=torch.float64)
-        reasons: dict[int, str] = {}
-        with _bar(n, "geometry", opts.progress) as bar:
-            for idx in _batches(n, opts.batch_size):
-                poses, sizes = [(yaw[idx], pitch[idx])], [size]
-                if reference is not None:  # the true depth lives at the dataset's resolution
-                    poses.append((yaw[idx], pitch[idx]))
-                    sizes.append(reference.resolution[0])
-                views = render_views(
-                    gmpi, idx, poses, n_planes=proto.n_planes, truncation_psi=proto.truncation_psi,
-                    sizes=list(sizes), noise_seed=proto.seed + idx[0],
-                )  # fmt: skip
-                images, depth = views[0]
-                faces = list(detector(list(images))) if detector is not None else [None] * len(idx)
-                if estimator is not None:
-                    pose_err[idx], why = _landmark_pose_errors(estimator, faces, size, pitch[idx], yaw[idx])
-                    reasons.update({i: r for i, r in zip(idx, why) if r is not None})
-                if reference is not None:
-                    ref_depth, ref_mask, _ = reference.references(yaw[idx], pitch[idx])
-                    depth_err[idx] = zscored_depth_mse(views[1][1], ref_depth, ref_mask).to(torch.float64)
-                if opts.keep_images:
-                    _write_geometry_files(
-                        run.out / "geometry", idx, images, depth, pitch[idx], yaw[idx], faces
-                    )
-                bar.update(len(idx))
-        no_face = [i for i, r in sorted(reasons.items()) if r == "no face detected"]
-        if opts.keep_images and detector is not None:
-            fail_list = run.out / "geometry" / "rgb" / "detections" / "fail_list.txt"
-            fail_list.parent.mkdir(parents=True, exist_ok=True)
-            fail_list.write_text("".join(f"{i:06d}.png\n" for i in no_face) or "\n", encoding="utf-8")
-        if estimator is not None:
-            failures = {str(i): r for i, r in list(reasons.items())[:50]}
-            _record(run, "pose_landmarks", pose_err, n_no_face=len(no_face), failures=failures)
-        if reference is not None:
-            _record(run, "depth_synthetic", depth_err)
-        run.timings["geometry"] = time.perf_counter() - t0
+    pose_err = torch.full((n,), math.nan, dtype=torch.float64)
+    depth_err = torch.full((n,), math.nan, dtype=torch.float64)
+    reasons: dict[int, str] = {}
 
-    d3d = ("depth_deep3dface_mean", "depth_deep3dface_std", "pose_deep3dface_mean", "pose_deep3dface_std")
-    if opts.deep3dface_dir is None:
-        for k in d3d:
-            run.skipped[k] = (
-                "no --deep3dface-dir: run `gmpi eval --keep-images`, then the Deep3DFaceRecon fork's "
-                "estimate_pose_gmpi.py on <out>/geometry, then pass --deep3dface-dir <out>/geometry"
-            )
-        return
-    d_err, p_err, info = deep3dface_errors(Path(opts.deep3dface_dir), pitch, yaw)
-    run.details["geometry"]["deep3dface"] = info
-    if "depth" in opts.metrics:
-        _record(run, "depth_deep3dface", d_err)
-    if "pose" in opts.metrics:
-        _record(run, "pose_deep3dface", p_err)
+    def renders() -> Iterator[int]:
+        for idx in _batches(n, opts.batch_size):
+            poses, sizes = [(yaw[idx], pitch[idx])], [size]
+            if reference is not None:  # the true depth lives at the dataset's resolution
+                poses.append((yaw[idx], pitch[idx]))
+                sizes.append(reference.resolution[0])
+            views = render_views(
+                gmpi, idx, poses, n_planes=proto.n_planes, truncation_psi=proto.truncation_psi,
+                sizes=list(sizes), noise_seed=proto.seed + idx[0],
+            )  # fmt: skip
+            images, depth = views[0]
+            faces = list(detector(list(images))) if detector is not None else [None] * len(idx)
+            if estimator is not None:
+                pose_err[idx], why = _landmark_pose_errors(estimator, faces, size, pitch[idx], yaw[idx])
+                reasons.update({i: r for i, r in zip(idx, why) if r is not None})
+            if reference is not None:
+                ref_depth, ref_mask, _ = reference.references(yaw[idx], pitch[idx])
+                depth_err[idx] = zscored_depth_mse(views[1][1], ref_depth, ref_mask).to(torch.float64)
+            if opts.keep_images:
+                _write_geometry_files(run.out / "geometry", idx, images, depth, pitch[idx], yaw[idx], faces)
+            yield len(idx)
+
+    render = detector is not None or reference is not None or opts.keep_images
+
+    def finish() -> None:
+        if render:
+            no_face = [i for i, r in sorted(reasons.items()) if r == "no face detected"]
+            if opts.keep_images and detector is not None:
+                fail_list = run.out / "geometry" / "rgb" / "detections" / "fail_list.txt"
+                fail_list.parent.mkdir(parents=True, exist_ok=True)
+                fail_list.write_text("".join(f"{i:06d}.png\n" for i in no_face) or "\n", encoding="utf-8")
+            if estimator is not None:
+                failures = {str(i): r for i, r in list(reasons.items())[:50]}
+                _record(run, "pose_landmarks", pose_err, n_no_face=len(no_face), failures=failures)
+            if reference is not None:
+                _record(run, "depth_synthetic", depth_err)
+        d3d = ("depth_deep3dface_mean", "depth_deep3dface_std", "pose_deep3dface_mean", "pose_deep3dface_std")
+        if opts.deep3dface_dir is None:
+            for k in d3d:
+                run.skipped[k] = (
+                    "no --deep3dface-dir: run `gmpi eval --keep-images`, then the Deep3DFaceRecon fork's "
+                    "estimate_pose_gmpi.py on <out>/geometry, then pass --deep3dface-dir <out>/geometry"
+                )
+            return
+        d_err, p_err, info = deep3dface_errors(Path(opts.deep3dface_dir), pitch, yaw)
+        run.details["geometry"]["deep3dface"] = info
+        if "depth" in opts.metrics:
+            _record(run, "depth_deep3dface", d_err)
+        if "pose" in opts.metrics:
+            _record(run, "pose_deep3dface", p_err)
+
+    if not render:
+        return _Stage([], finish)
+    what = [k for k, on in (("pose_landmarks", estimator), ("depth_synthetic", reference)) if on is not None]
+    names = ",".join(m for m in ("depth", "pose") if m in opts.metrics) or "images"
+    plan = f"{names}: {n} renders at {size}² ({', '.join(what) or 'images only'})"
+    return _Stage([_Phase("geometry", n, "render", renders(), plan, "geometry")], finish)
 
 
 def deep3dface_errors(geo_dir: Path, pitch: Tensor, yaw: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
@@ -630,6 +781,110 @@ def deep3dface_errors(geo_dir: Path, pitch: Tensor, yaw: Tensor) -> tuple[Tensor
         p_err.append(float(pose_error(torch.from_numpy(angle), torch.tensor([p]), torch.tensor([y]))[0]))
     info = {"dir": str(geo_dir), "n_images": len(indices), "poses_from_protocol": own_pose}
     return torch.tensor(d_err, dtype=torch.float64), torch.tensor(p_err, dtype=torch.float64), info
+
+
+# --- running the stages: plan, ETA, progress, interruption ------------------------------------------------
+
+
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a ``KeyboardInterrupt`` from a progress hook) during ``run_eval``: no report was written.
+    ``str()`` says what was interrupted and how far it had got."""
+
+    def __init__(self, message: str, phase: str, done: int, total: int) -> None:
+        super().__init__(message)
+        self.message, self.phase, self.done, self.total = message, phase, done, total
+
+    def __str__(self) -> str:
+        return self.message
+
+
+ProgressHook = Callable[[str, int, "int | None"], None]
+"""``on_progress(stage, done, total)`` after every batch: ``stage`` one of ``STAGES``, reported in order.
+A hook with an ``eta_s`` keyword also gets the protocol's estimate of the seconds left over all stages
+(None until the first batch of every stage has been timed)."""
+
+
+def _takes_keyword(fn: Callable[..., Any] | None, name: str) -> bool:
+    if fn is None:
+        return False
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+STAGES: tuple[str, ...] = ("fid_kid: real features", "fid_kid: fakes", "identity", "geometry")
+
+
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"3 min 20 s"``, ``"1 h 05 min"``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class _Runner:
+    """Runs the phases of all stages: the first batches of each (timed for the ETA), then each to its end;
+    reports progress in phase order to ``on_progress`` and, with bars off, prints an ETA line a minute."""
+
+    def __init__(
+        self, phases: list[_Phase], say: Callable[[str], None], bars: bool, on_progress: ProgressHook | None
+    ) -> None:
+        self.phases, self.say, self.bars, self.on_progress = phases, say, bars, on_progress
+        self.current: _Phase | None = None
+        self._last_line = time.perf_counter()
+        self._reported: set[str] = set()
+        self.calibrated = False
+        self._hook_eta = _takes_keyword(on_progress, "eta_s")
+
+    def remaining_s(self) -> float:
+        return sum(p.remaining_s() for p in self.phases)
+
+    def _report(self, phase: _Phase) -> None:
+        self._reported.add(phase.name)
+        if self.on_progress is None or phase is not self.current:
+            return
+        if self._hook_eta:  # a hook that takes eta_s gets this estimate (None until the first batches ran)
+            eta = round(self.remaining_s(), 1) if self.calibrated else None
+            self.on_progress(phase.name, phase.done, phase.total, eta_s=eta)  # type: ignore[call-arg]
+        else:
+            self.on_progress(phase.name, phase.done, phase.total)
+
+    def calibrate(self) -> None:
+        """The first batch of every phase: real work, timed (it includes warm-up, so the first estimate
+        errs on the long side; ``run`` refines it from the later batches)."""
+        for phase in self.phases:
+            self.current = phase
+            if phase.done < phase.total and phase.advance() and phase is self.phases[0]:
+                self._report(phase)  # later phases report when their turn comes (in order)
+        self.calibrated = True
+
+    def run(self) -> None:
+        for phase in self.phases:
+            self.current = phase
+            if phase.name not in self._reported:  # its first batch ran before the earlier phases ended
+                self._report(phase)
+            with _bar(phase.total, phase.name, self.bars, phase.done, phase.unit) as bar:
+                while phase.advance():
+                    bar.update(phase.done - bar.n)
+                    bar.set_postfix_str(f"all stages: {format_duration(self.remaining_s())} left", False)
+                    self._report(phase)
+                    if not self.bars and time.perf_counter() - self._last_line > 60:
+                        self._last_line = time.perf_counter()
+                        self.say(
+                            f"{phase.name}: {phase.done}/{phase.total}; "
+                            f"about {format_duration(self.remaining_s())} left"
+                        )
+            left = self.remaining_s()
+            if phase.total:
+                tail = f"; about {format_duration(left)} left" if left >= 1 else ""
+                took = format_duration(phase.seconds)
+                self.say(f"{phase.name}: {phase.done} {phase.unit}s in {took}{tail}")
+        self.current = None
 
 
 # --- report -----------------------------------------------------------------------------------------------
@@ -692,6 +947,7 @@ def format_summary(report: dict[str, Any]) -> str:
     sha = next(iter(model.get("files_sha256", {}).values()), None)
     out = [
         f"GMPI evaluation ({report['format']}) — {report['created_utc']}",
+        *([f"*** {report['notice']} ***"] if report.get("notice") else []),
         f"model: {model['kind']} {model.get('path') or model['preset']}"
         + (f" (sha256 {sha[:12]}…)" if sha else ""),
         f"data:  {(report.get('dataset') or {}).get('path', '—')}",
@@ -713,6 +969,30 @@ def _counts(summary: dict[str, Any] | None) -> str:
     return f"{summary.get('n_used', '—')} used, {summary.get('n_skipped', '—')} skipped"
 
 
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary sibling and rename: a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _interrupted(run_out: Path, runner: _Runner | None, where: str, t_start: float) -> EvalInterrupted:
+    phase = runner.current if runner is not None else None
+    elapsed = format_duration(time.perf_counter() - t_start)
+    if phase is not None:
+        what = f"{phase.name} ({phase.done}/{phase.total} {phase.unit}s, {elapsed} after the start)"
+        name, done, total = phase.name, phase.done, phase.total
+    else:
+        what, name, done, total = f"{where} ({elapsed} after the start)", where, 0, 0
+    tail = "no report written"
+    if (run_out / "report.json").is_file():
+        tail += f" ({run_out / 'report.json'} is from an earlier run)"
+    return EvalInterrupted(f"interrupted during {what}; {tail}", name, done, total)
+
+
 def run_eval(
     gmpi: GMPI,
     options: EvalOptions,
@@ -721,74 +1001,126 @@ def run_eval(
     data: str | None = None,
     model_info: ModelInfo | None = None,
     print_summary: bool = True,
+    on_progress: ProgressHook | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the requested stages, write ``<out>/report.json`` and ``<out>/summary.txt``; return the report."""
+    """Run the requested stages, write ``<out>/summary.txt`` and then ``<out>/report.json`` (each written to
+    a temporary file and renamed); return the report.
+
+    Before the work it announces (``say``; default: printed when ``print_summary``) the mode notice, the
+    plan (metrics and counts) and, after timing the first batches of every stage, the estimated time.
+    ``on_progress(stage, done, total[, eta_s=...])`` is called after every batch, stages in ``STAGES``
+    order (``ProgressHook``). Ctrl-C (or
+    a ``KeyboardInterrupt`` raised by the hook) raises ``EvalInterrupted`` and writes no report.
+    """
     t_start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     for m in options.metrics:
         if m not in METRICS:
             raise ValueError(f"unknown metric '{m}'; choose from {', '.join(METRICS)}")
-    gmpi.to(options.device)
-    gmpi.generator.eval()
+    if say is None:
+        say = (lambda message: print(f"[gmpi eval] {message}", flush=True)) if print_summary else _silent
     proto = ResolvedProtocol.of(options, gmpi.config)
-    dataset = open_dataset(data)
+    notice = proto.notice(gmpi.config, options.metrics)
     metrics: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
-    run = _Run(gmpi, options, proto, out, dataset, metrics, {}, {}, {})
     wanted = set(options.metrics)
-    for key in METRIC_KEYS:
-        if key.split("_")[0] not in wanted:
-            run.skipped[key] = "not requested (--metrics)"
-    if wanted & {"fid", "kid"}:
-        _stage_fid_kid(run)
-    if "identity" in wanted:
-        try:
-            _stage_identity(run)
-        except ImportError as e:
-            for k in ("identity_mean", "identity_std"):
-                run.skipped[k] = str(e)
-    if wanted & {"depth", "pose"}:
-        _stage_geometry(run)
-    for key, value in metrics.items():
-        if value is None or not math.isfinite(value):
-            metrics[key] = None
-            run.skipped.setdefault(key, "not computed: no valid samples (see details)")
-        else:
-            run.skipped.pop(key, None)
-    run.timings["total"] = time.perf_counter() - t_start
-    info = model_info or ModelInfo("in-memory", None, gmpi.config.name)
-    geo = run.details.get("geometry", {})
-    report = {
-        "format": REPORT_FORMAT,
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": sys.argv,
-        "model": info.as_dict(),
-        "dataset": dataset.as_dict() if dataset else None,
-        "protocol": {**proto.__dict__, "batch_size": options.batch_size, "device": options.device},
-        "metrics": metrics,
-        "skipped": dict(sorted(run.skipped.items())),
-        "counts": {
-            "n_fid": proto.n_fid if wanted & {"fid", "kid"} else 0,
-            "n_real": run.details.get("fid_kid", {}).get("n_real", 0),
-            "n_identity": proto.n_identity if "identity" in wanted else 0,
-            "n_geometry": proto.n_geometry if wanted & {"depth", "pose"} else 0,
-        },
-        "failures": {
-            "identity_failed_pairs": run.details.get("identity", {}).get("n_failed", 0),
-            "geometry_no_face": geo.get("pose_landmarks", {}).get("n_no_face", 0),
-            "pose_landmarks_skipped": geo.get("pose_landmarks", {}).get("n_skipped", 0),
-            "depth_synthetic_skipped": geo.get("depth_synthetic", {}).get("n_skipped", 0),
-        },
-        "details": run.details,
-        "timings_s": run.timings,
-        "versions": _versions(),
-        "options": options.model_dump(mode="json"),
-        "config": gmpi.config.model_dump(mode="json"),
-    }
-    report = _json_safe(report)
-    (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    summary = format_summary(report)
-    (out / "summary.txt").write_text(summary, encoding="utf-8")
+    runner: _Runner | None = None
+    where = "setup (loading the model, extractors and detectors)"
+    try:
+        if notice:
+            say(notice)
+        out.mkdir(parents=True, exist_ok=True)
+        gmpi.to(options.device)
+        gmpi.generator.eval()
+        dataset = open_dataset(data)
+        run = _Run(gmpi, options, proto, out, dataset, metrics, {}, {}, {})
+        for key in METRIC_KEYS:
+            if key.split("_")[0] not in wanted:
+                run.skipped[key] = "not requested (--metrics)"
+        stages: list[_Stage] = []
+        if wanted & {"fid", "kid"}:
+            fid_stage = _stage_fid_kid(run)
+            if fid_stage is not None:
+                stages.append(fid_stage)
+        if "identity" in wanted:
+            try:
+                stages.append(_stage_identity(run))
+            except ImportError as e:
+                for k in ("identity_mean", "identity_std"):
+                    run.skipped[k] = str(e)
+        if wanted & {"depth", "pose"}:
+            stages.append(_stage_geometry(run))
+        phases = [p for stage in stages for p in stage.phases]
+        for phase in phases:
+            say(f"plan: {phase.plan}")
+        if not phases:
+            say("plan: no images to render for " + ",".join(options.metrics))
+        runner = _Runner(phases, say, options.progress, on_progress)
+        if phases:
+            say("timing the first batch of each stage for an estimate; Ctrl-C stops cleanly")
+            runner.calibrate()
+            parts = ", ".join(f"{p.name} {format_duration(p.remaining_s())}" for p in phases if p.total)
+            say(f"estimated time left: {format_duration(runner.remaining_s())} ({parts})")
+        runner.run()
+        where = "the metric computation"
+        for stage in stages:
+            stage.finish()
+        for phase in phases:
+            run.timings[phase.timing_key] = run.timings.get(phase.timing_key, 0.0) + phase.seconds
+        for key, value in metrics.items():
+            if value is None or not math.isfinite(value):
+                metrics[key] = None
+                run.skipped.setdefault(key, "not computed: no valid samples (see details)")
+            else:
+                run.skipped.pop(key, None)
+        run.timings["total"] = time.perf_counter() - t_start
+        info = model_info or ModelInfo("in-memory", None, gmpi.config.name)
+        geo = run.details.get("geometry", {})
+        report = {
+            "format": REPORT_FORMAT,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": sys.argv,
+            "mode": proto.mode,
+            "comparable_to_paper": notice is None,
+            "notice": notice,
+            "model": info.as_dict(),
+            "dataset": dataset.as_dict() if dataset else None,
+            "protocol": {**proto.__dict__, "batch_size": options.batch_size, "device": options.device},
+            "metrics": metrics,
+            "skipped": dict(sorted(run.skipped.items())),
+            "counts": {
+                "n_fid": proto.n_fid if wanted & {"fid", "kid"} else 0,
+                "n_real": run.details.get("fid_kid", {}).get("n_real", 0),
+                "n_identity": proto.n_identity if "identity" in wanted else 0,
+                "n_geometry": proto.n_geometry if wanted & {"depth", "pose"} else 0,
+            },
+            "failures": {
+                "identity_failed_pairs": run.details.get("identity", {}).get("n_failed", 0),
+                "geometry_no_face": geo.get("pose_landmarks", {}).get("n_no_face", 0),
+                "pose_landmarks_skipped": geo.get("pose_landmarks", {}).get("n_skipped", 0),
+                "depth_synthetic_skipped": geo.get("depth_synthetic", {}).get("n_skipped", 0),
+            },
+            "details": run.details,
+            "timings_s": run.timings,
+            "versions": _versions(),
+            "options": options.model_dump(mode="json"),
+            "config": gmpi.config.model_dump(mode="json"),
+        }
+        report = _json_safe(report)
+        summary = format_summary(report)
+        where = "writing the report"
+        _write_text_atomic(out / "summary.txt", summary)
+        _write_text_atomic(out / "report.json", json.dumps(report, indent=1))  # last: the run is complete
+    except EvalInterrupted:
+        raise
+    except KeyboardInterrupt:
+        if where == "writing the report":  # no summary of a run whose report.json was not written
+            (out / "summary.txt").unlink(missing_ok=True)
+        raise _interrupted(out, runner, where, t_start) from None
     if print_summary:
         print(summary, end="")
     return report
+
+
+def _silent(message: str) -> None:
+    return None

@@ -8,6 +8,10 @@ With ``--nproc-per-node K > 1`` outside torchrun the command re-executes itself 
 ``python -m torch.distributed.run`` (``--standalone``, or ``--master_port P`` on localhost). The official
 launcher's flags are accepted as aliases: ``--run_dataset`` (= ``--preset``), ``--nproc_per_node``,
 ``--master_port``. A run whose ``--out`` holds a checkpoint resumes from it unless ``--no-resume``.
+
+Before the first step every image of ``--data`` is checked (``gmpi_core.data.check``: readable, an intact
+image, R×R, with a pose); the run refuses to start with the list of bad images, or trains without them
+with ``--skip-bad``. ``--exclude FILE`` leaves out the keys of an exclude list.
 """
 
 from __future__ import annotations
@@ -58,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=int, help="steps between sample grids (0: never)")
     p.add_argument(
         "--config-json", help="JSON file: a full experiment config, or {section: {field: value}} overrides"
+    )
+    check = p.add_argument_group(
+        "data check", "before the first step every image is checked (headers, pose, size; gmpi data check)"
+    )
+    check.add_argument(
+        "--skip-bad", action="store_true", help="train without the bad images (warned) instead of refusing"
+    )
+    check.add_argument("--full-data-check", action="store_true", help="decode every image (slower)")
+    check.add_argument("--no-data-check", action="store_true", help="do not check the images first")
+    check.add_argument(
+        "--exclude", metavar="FILE", help="image keys never to draw (gmpi data check --write-exclude)"
     )
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -125,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[gmpi train] %(message)s")
     try:
         cfg = build_config(args)
+        exclude: set[str] = set()
+        if args.exclude:
+            from gmpi_core.data.check import read_exclude_list
+
+            exclude = read_exclude_list(args.exclude)
         trainer = Trainer(
             cfg,
             args.out,
@@ -139,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             max_kimg=args.kimg,
             resume=args.resume,
             progress=args.progress,
+            data_check="off" if args.no_data_check else "skip" if args.skip_bad else "error",
+            data_check_full=args.full_data_check,
+            exclude=exclude,
         )
         try:
             trainer.train()

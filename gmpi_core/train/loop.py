@@ -38,9 +38,9 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -63,7 +63,14 @@ from gmpi_core.train.state import (
     restore_rng_state,
 )
 
-__all__ = ["CHECKPOINT_FORMAT", "Trainer", "TrainingError", "load_training_data", "parse_init"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Trainer",
+    "TrainingError",
+    "check_training_data",
+    "load_training_data",
+    "parse_init",
+]
 
 Mode = Literal["gmpi", "stylegan2"]
 CHECKPOINT_FORMAT = "gmpi-train"
@@ -76,6 +83,9 @@ _SG2_KEYS = (
 )  # fmt: skip
 
 log = logging.getLogger("gmpi.train")
+
+if TYPE_CHECKING:
+    from gmpi_core.data.check import DataCheck
 
 
 class TrainingError(ValueError):
@@ -99,10 +109,77 @@ def parse_init(init: str) -> tuple[str, Path | None]:
     return kind, path
 
 
-def load_training_data(cfg: ExperimentConfig) -> Dataset:
-    """The training dataset of ``cfg.dataset`` with clear errors for missing paths (spec §7)."""
+DataCheckMode = Literal["error", "skip", "off"]
+
+
+def load_training_data(
+    cfg: ExperimentConfig,
+    *,
+    check: DataCheckMode = "off",
+    full_check: bool = False,
+    exclude: Iterable[str] = (),
+    result: DataCheck | None = None,
+    logger: logging.Logger | None = None,
+) -> Dataset:
+    """The training dataset of ``cfg.dataset`` with clear errors for missing paths (spec §7).
+
+    ``check="error"`` first checks every image (``gmpi_core.data.check``: headers, pose presence, size;
+    ``full_check``: full decode) and refuses with the list of bad images; ``"skip"`` leaves them out with a
+    warning. ``exclude``: keys never to draw. ``result``: an already computed ``DataCheck`` (distributed
+    runs check once on rank 0)."""
     from gmpi_core.data.datasets import build_dataset
 
+    images = _training_images(cfg)
+    ds = cfg.dataset
+    skip = set(exclude)
+    if check != "off":
+        if result is None:
+            result = check_training_data(cfg, full=full_check, exclude=skip)
+        skip |= _apply_check(result, check, logger or log)
+    try:
+        return build_dataset(ds.kind, images, ds.poses, ds.resolution, cfg.camera, exclude=skip)
+    except FileNotFoundError as e:
+        raise TrainingError(f"cannot open the training data: {e}") from e
+
+
+def check_training_data(
+    cfg: ExperimentConfig, *, full: bool = False, exclude: Iterable[str] = ()
+) -> DataCheck:
+    """``gmpi_core.data.check.check_dataset`` of ``cfg.dataset`` (its kind, poses, resolution, camera)."""
+    from gmpi_core.data.check import check_dataset
+
+    ds = cfg.dataset
+    return check_dataset(
+        _training_images(cfg), kind=ds.kind, poses=ds.poses, resolution=ds.resolution, camera=cfg.camera,
+        full=full, exclude=exclude,
+    )  # fmt: skip
+
+
+def _apply_check(result: DataCheck, mode: DataCheckMode, logger: logging.Logger) -> set[str]:
+    """The keys to leave out under ``mode``, or ``TrainingError`` with the list of bad images."""
+    if result.errors:
+        raise TrainingError("the training data cannot be used:\n" + result.format(limit=20))
+    if result.ok:
+        logger.info("data check: %s: no problems", result.format().splitlines()[0])
+        return set()
+    if mode == "error":
+        raise TrainingError(
+            f"the training data has {len(result.bad_keys)} bad image(s); training did not start:\n"
+            f"{result.format(limit=20)}\n"
+            "replace or remove them, or train without them: --skip-bad (or `gmpi data check "
+            f"{result.images} --write-exclude FILE`, then --exclude FILE)"
+        )
+    logger.warning(
+        "data check: skipping %d bad image(s) (%s); they are never drawn:\n%s",
+        len(result.bad_keys),
+        ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result.counts().items()),
+        result.format(limit=10),
+    )
+    return set(result.bad_keys)
+
+
+def _training_images(cfg: ExperimentConfig) -> Path:
+    """The image path of ``cfg.dataset``, or ``TrainingError`` saying which path is missing."""
     ds = cfg.dataset
     if not ds.images:
         raise TrainingError(
@@ -119,10 +196,7 @@ def load_training_data(cfg: ExperimentConfig) -> Dataset:
         )
     if ds.poses and not Path(ds.poses).expanduser().exists():
         raise TrainingError(f"poses not found: {ds.poses} does not exist; pass --poses PATH to the pose data")
-    try:
-        return build_dataset(ds.kind, images, ds.poses, ds.resolution, cfg.camera)
-    except FileNotFoundError as e:
-        raise TrainingError(f"cannot open the training data: {e}") from e
+    return images
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -144,6 +218,32 @@ def _mbstd_group(batch: int, chunks: list[int], limit: int = 4) -> int:
     return 1
 
 
+def _budget_postfix(
+    done: int, step: int, end: int, elapsed: float, budget: float, stats: dict[str, float]
+) -> str:
+    """``step 12 (5 this run, 4.1 s/step), about 38 s left, loss_d=…, loss_g=…`` for a time-budgeted run:
+    the ETA is to the budget, or to the step limit when that comes first."""
+    per_step = elapsed / max(1, done)
+    left = max(0.0, budget - elapsed)
+    to_limit = (end - step) * per_step
+    eta = (
+        f"about {_duration(left)} left"
+        if to_limit >= left
+        else f"step limit {end} in about {_duration(to_limit)}"
+    )
+    losses = f"loss_d={stats['loss_d']:.3f}, loss_g={stats['loss_g']:.3f}"
+    return f"step {step} ({done} this run, {per_step:.2f} s/step), {eta}, {losses}"
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 def _seed_worker(worker_id: int) -> None:  # numpy/random in loader workers from the torch worker seed (§7)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -159,6 +259,9 @@ class Trainer:
     ``ckpt_every`` / ``sample_every`` default to ``cfg.train.sample_interval``; numbered checkpoints
     at multiples of ``cfg.train.model_save_interval`` are kept, others pruned to the newest ``keep_last``.
     ``dataset`` overrides ``cfg.dataset`` (an object yielding ``(image, w2c_flat, yaw, pitch)``).
+    Otherwise ``cfg.dataset`` is checked first (``gmpi_core.data.check``, on rank 0; ``data_check_full``:
+    decode every image): ``data_check="error"`` refuses to start with the list of bad images, ``"skip"``
+    trains without them (warned), ``"off"`` does not check. ``exclude``: image keys never to draw.
     """
 
     def __init__(
@@ -180,6 +283,9 @@ class Trainer:
         n_sample_latents: int = 16,
         keep_last: int = 2,
         dataset: Dataset | None = None,
+        data_check: DataCheckMode = "error",
+        data_check_full: bool = False,
+        exclude: Iterable[str] = (),
     ) -> None:
         if mode not in ("gmpi", "stylegan2"):
             raise TrainingError(f"unknown mode '{mode}'; choose gmpi or stylegan2")
@@ -213,7 +319,13 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
 
         # data ------------------------------------------------------------------------------------
-        self.dataset = dataset if dataset is not None else load_training_data(cfg)
+        if data_check not in ("error", "skip", "off"):
+            raise TrainingError(f"unknown data_check '{data_check}'; choose error, skip or off")
+        self.data_check: DataCheck | None = None  # the check of the training data (None: not checked)
+        if dataset is not None:
+            self.dataset = dataset
+        else:
+            self.dataset = self._load_data(data_check, data_check_full, set(exclude))
         self.sampler = ResumableDistributedSampler(
             len(self.dataset),  # type: ignore[arg-type]
             self.batch,
@@ -358,6 +470,26 @@ class Trainer:
             )
 
     # -- data ------------------------------------------------------------------------------------------
+    def _load_data(self, check: DataCheckMode, full: bool, exclude: set[str]) -> Dataset:
+        """``cfg.dataset``, checked once on rank 0 (every rank gets the same result and the same list)."""
+        if check != "off":
+            payload: Any = None
+            if self.env.is_main:
+                try:
+                    payload = check_training_data(self.cfg, full=full, exclude=exclude)
+                except TrainingError as e:  # a missing path: every rank raises it, none waits forever
+                    payload = e
+            payload = dist_utils.broadcast_object(payload, device=self.device)
+            if isinstance(payload, Exception):
+                raise payload
+            self.data_check = payload
+        quiet = logging.getLogger("gmpi.train.data_check.quiet")  # other ranks: rank 0 has said it
+        quiet.setLevel(logging.ERROR)
+        return load_training_data(
+            self.cfg, check=check, full_check=full, exclude=exclude, result=self.data_check,
+            logger=self.log if self.env.is_main else quiet,
+        )  # fmt: skip
+
     def _new_epoch_iterator(self) -> Iterator[Any]:
         self.sampler.set_epoch(self._data_epoch, self._data_pos)
         generator = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + self._data_epoch)
@@ -522,17 +654,26 @@ class Trainer:
     def train(self, until: int | None = None, max_seconds: float | None = None) -> dict[str, float] | None:
         """Run steps until ``until`` (default ``max_steps``) steps are complete or ``max_seconds`` of wall
         time have passed; checkpoint, log and sample on the way and at the end. Returns the last step's
-        statistics (None if nothing ran)."""
+        statistics (None if nothing ran). With ``max_seconds`` the progress bar counts the seconds of the
+        budget (steps done, s/step and the ETA to the budget alongside) instead of the step total."""
         end = self.max_steps if until is None else min(until, self.max_steps)
-        deadline = None if max_seconds is None else time.perf_counter() + max_seconds
-        bar = self._progress_bar(end)
+        started = time.perf_counter()
+        deadline = None if max_seconds is None else started + max_seconds
+        bar = self._progress_bar(end, max_seconds)
         stats: dict[str, float] | None = None
         last_saved = self.step_idx if self.resumed_from is not None else -1
+        first_step = self.step_idx
         try:
             while self.step_idx < end and (deadline is None or time.perf_counter() < deadline):
                 stats = self.step()
                 s = self.step_idx
-                if bar is not None:
+                if bar is not None and max_seconds is not None:
+                    elapsed = time.perf_counter() - started
+                    bar.update(min(elapsed, max_seconds) - bar.n)
+                    bar.set_postfix_str(
+                        _budget_postfix(s - first_step, s, end, elapsed, max_seconds, stats), refresh=True
+                    )
+                elif bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss_d=f"{stats['loss_d']:.3f}", loss_g=f"{stats['loss_g']:.3f}")
                 if s % self.log_every == 0 or s == 1 or s == end:
@@ -560,11 +701,22 @@ class Trainer:
             self._tb.close()
         self._tb = None
 
-    def _progress_bar(self, end: int) -> Any:
+    def _progress_bar(self, end: int, max_seconds: float | None = None) -> Any:
+        """Steps of the step total, or with a time budget seconds of the budget (steps in the postfix)."""
         if not self.progress or self.step_idx >= end:
             return None
         from tqdm.auto import tqdm
 
+        if max_seconds is not None:
+            return tqdm(
+                total=max_seconds,
+                desc=f"gmpi train {self.cfg.name}",
+                unit="s",
+                dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n:.0f}/{total:.0f} s of the time budget"
+                "{postfix}",
+                postfix=f"step {self.step_idx}, timing the first step",
+            )
         return tqdm(
             total=end,
             initial=self.step_idx,
