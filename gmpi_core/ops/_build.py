@@ -206,7 +206,9 @@ def build_key(
     """Hex digest of everything a build depends on (see the module docstring): the cache folder's name."""
     digest = hashlib.sha256()
     for src in sources:
-        digest.update(Path(src).name.encode() + b"\0" + Path(src).read_bytes() + b"\0")
+        # the full path too: the build files name the sources by absolute path, so two checkouts sharing
+        # one venv (or a copy of the tree next to it) would otherwise rebuild one folder in turn
+        digest.update(os.path.realpath(src).encode() + b"\0" + Path(src).read_bytes() + b"\0")
     parts = [
         "cflags=" + " ".join(cflags),
         "cuda_cflags=" + " ".join(cuda_cflags or []),

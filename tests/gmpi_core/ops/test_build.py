@@ -127,7 +127,7 @@ def test_two_venvs_build_into_different_folders(tmp_path, monkeypatch):
     _build._cache.pop("keytest", None)
 
 
-@pytest.mark.parametrize("what", ["source", "torch", "compiler", "cuda_home", "flags"])
+@pytest.mark.parametrize("what", ["source", "checkout", "torch", "compiler", "cuda_home", "flags"])
 def test_the_key_changes_with_everything_the_build_depends_on(tmp_path, monkeypatch, what):
     src = tmp_path / "k.cpp"
     src.write_text("int f() { return 1; }\n")
@@ -135,6 +135,11 @@ def test_the_key_changes_with_everything_the_build_depends_on(tmp_path, monkeypa
     assert _build.build_key([src], ["-O3"]) == before  # deterministic
     if what == "source":
         src.write_text("int f() { return 2; }\n")
+    elif what == "checkout":  # the same file in another checkout (same venv): its own folder
+        other = tmp_path / "other-checkout" / "k.cpp"
+        other.parent.mkdir()
+        other.write_text(src.read_text())
+        src = other
     elif what == "torch":
         monkeypatch.setattr(torch, "__version__", "9.9.9")
     elif what == "compiler":
