@@ -8,6 +8,7 @@ overwritten by a late progress report; an idempotency key maps to the first job 
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelle
 JOB_TYPES: tuple[str, ...] = ("preprocess", "train", "evaluate", "render_video", "extract_mesh")
 IDEMPOTENCY_TTL_S = 24 * 3600
 _LIST_BATCH = 500  # index entries per pipelined round trip when listing with filters
+SINCE_START: Any = object()  # JobStore.progress: estimate the ETA from the job's rate since it started
 _JSON_FIELDS = ("params", "progress", "result", "error", "artifacts", "metrics", "info")
 
 # KEYS[1] job hash; ARGV[1] new state, ARGV[2] now, ARGV[3] JSON of extra fields (already encoded values)
@@ -44,6 +46,29 @@ for k, v in pairs(extra) do redis.call('HSET', KEYS[1], k, v) end
 return 'ok'
 """
 
+# KEYS[1] new job hash, KEYS[2] index, KEYS[3] idempotency key ('' for none); ARGV[1] index score,
+# ARGV[2] idempotency TTL, ARGV[3] the claim stored under the idempotency key (JSON {job_id,
+# request_sha256}), ARGV[4] the job-hash key prefix, ARGV[5] job id, ARGV[6…] field/value pairs.
+# One script, so two submissions racing with one key never both create a job, and a key never points at a
+# record that is not written yet. → 'created', or the claim of the job the key already names.
+_CREATE = """
+if KEYS[3] ~= '' then
+  local cur = redis.call('GET', KEYS[3])
+  if cur then
+    local ok, claim = pcall(cjson.decode, cur)
+    if not ok or type(claim) ~= 'table' then claim = {job_id = cur} end
+    local first = claim['job_id']
+    if type(first) == 'string' and redis.call('EXISTS', ARGV[4] .. first) == 1 then
+      return cjson.encode(claim)
+    end
+  end
+end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[5])
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2]) end
+return 'created'
+"""
+
 # KEYS[1] job hash; ARGV: field/value pairs; only while the job is not terminal
 _UPDATE_LIVE = """
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -58,6 +83,27 @@ return 'ok'
 class JobNotFound(KeyError):
     def __str__(self) -> str:
         return f"no job '{self.args[0]}'"
+
+
+class IdempotencyConflict(ValueError):
+    """An idempotency key reused with a different request than the one it was first used with."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(key, job_id)
+        self.key, self.job_id = key, job_id
+
+    def __str__(self) -> str:
+        return (
+            f"Idempotency-Key '{self.key}' was already used for a different request (job '{self.job_id}'); "
+            "send the same body to get that job again, or use a new key for a new job"
+        )
+
+
+def request_sha256(value: Any) -> str:
+    """sha256 of the canonical JSON of ``value`` (sorted keys, no whitespace): the same request gives
+    the same hash whatever its key order or spacing."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _text(value: Any) -> str:
@@ -77,6 +123,7 @@ class JobStore:
         self.prefix = prefix
         self._transition = self.r.register_script(_TRANSITION)
         self._update_live = self.r.register_script(_UPDATE_LIVE)
+        self._create = self.r.register_script(_CREATE)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -98,20 +145,14 @@ class JobStore:
         params: dict[str, Any],
         *,
         idempotency_key: str | None = None,
+        request_sha256: str | None = None,
         owner: str | None = None,
         job_id: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """→ (record, created). With an idempotency key seen before, the existing job and False."""
+        """→ (record, created). With an idempotency key seen before (same owner, within a day), the
+        existing job and False; IdempotencyConflict when ``request_sha256`` (the canonical hash of the
+        request) differs from the one the key was first used with."""
         job_id = job_id or new_id("job")
-        if idempotency_key:
-            idem = f"{self.prefix}:idem:{owner or ''}:{idempotency_key}"
-            if not self.r.set(idem, job_id, nx=True, ex=IDEMPOTENCY_TTL_S):
-                existing = self.r.get(idem)
-                if existing is not None:
-                    try:
-                        return self.get(_text(existing)), False
-                    except JobNotFound:  # the record was removed; start over with this key
-                        self.r.set(idem, job_id, ex=IDEMPOTENCY_TTL_S)
         created = time.time()  # full precision for the index: jobs made within one millisecond keep order
         now = round(created, 3)
         record = {
@@ -121,7 +162,7 @@ class JobStore:
             "params": params,
             "created_at": now,
             "updated_at": now,
-            "progress": {"step": 0, "total": None, "eta_s": None, "message": "queued"},
+            "progress": {"step": 0, "total": None, "eta_s": None, "message": "queued", "stage": "queued"},
             "result": None,
             "error": None,
             "artifacts": [],
@@ -131,11 +172,23 @@ class JobStore:
             "idempotency_key": idempotency_key,
             "owner": owner,
         }
-        pipe = self.r.pipeline()
-        pipe.hset(self._key(job_id), mapping={k: json.dumps(v) for k, v in record.items()})
-        pipe.zadd(self._index, {job_id: created})
-        pipe.execute()
-        return record, True
+        fields: list[Any] = []
+        for k, v in record.items():
+            fields += [k, json.dumps(v)]
+        idem = f"{self.prefix}:idem:{owner or ''}:{idempotency_key}" if idempotency_key else ""
+        claim = json.dumps({"job_id": job_id, "request_sha256": request_sha256})
+        out = self._create(
+            keys=[self._key(job_id), self._index, idem],
+            args=[repr(created), IDEMPOTENCY_TTL_S, claim, self._key(""), job_id, *fields],
+        )
+        if _text(out) == "created":
+            return record, True
+        first = json.loads(_text(out))
+        first_id = str(first.get("job_id") or "")
+        first_sha = first.get("request_sha256")
+        if request_sha256 and first_sha and first_sha != request_sha256:
+            raise IdempotencyConflict(idempotency_key or "", first_id)
+        return self.get(first_id), False
 
     def get(self, job_id: str) -> dict[str, Any]:
         raw = self.r.hgetall(self._key(job_id))
@@ -234,14 +287,26 @@ class JobStore:
             raise JobNotFound(job_id)
         return out == "ok"
 
-    def progress(self, job_id: str, step: int, total: int | None, message: str = "", **extra: Any) -> bool:
-        rec_started = self.r.hget(self._key(job_id), "started_at")
-        eta = None
-        if rec_started and total and step > 0:
-            elapsed = _now() - float(json.loads(rec_started))
-            eta = round(elapsed / step * max(0, total - step), 1)
+    def progress(
+        self,
+        job_id: str,
+        step: int,
+        total: int | None,
+        message: str = "",
+        *,
+        eta_s: float | object | None = SINCE_START,
+        **extra: Any,
+    ) -> bool:
+        """Set the job's progress while it is live. ``eta_s``: seconds left as the caller estimated it
+        (None: unknown), or by default the job's average rate since it first started (``started_at``)."""
+        if eta_s is SINCE_START:
+            eta_s = None
+            rec_started = self.r.hget(self._key(job_id), "started_at")
+            if rec_started and total and step > 0:
+                elapsed = _now() - float(json.loads(rec_started))
+                eta_s = round(elapsed / step * max(0, total - step), 1)
         return self.update(
-            job_id, progress={"step": step, "total": total, "eta_s": eta, "message": message, **extra}
+            job_id, progress={"step": step, "total": total, "eta_s": eta_s, "message": message, **extra}
         )
 
     def add_artifacts(self, job_id: str, keys: Iterable[str]) -> None:

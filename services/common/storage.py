@@ -343,6 +343,35 @@ class Storage(ABC):
         keys = self._retry(f"list {prefix}", lambda: list(self._iter_keys(prefix)))
         return sorted(k for k in keys if not k.startswith(TEMP_PREFIX))
 
+    def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> builtins.list[tuple[str, int]]:
+        """Up to ``limit`` committed (key, size) below ``prefix`` in key order, those after ``after`` (the
+        last key of the previous page; "" for the first)."""
+        if prefix:
+            validate_key(prefix.rstrip("/"), what="prefix")
+        if limit < 1:
+            return []
+
+        def page() -> builtins.list[tuple[str, int]]:
+            out: builtins.list[tuple[str, int]] = []
+            for key, size in self._iter_sized(prefix, after):
+                if key.startswith(TEMP_PREFIX) or key <= after:
+                    continue
+                out.append((key, size))
+                if len(out) == limit:
+                    break
+            return out
+
+        return self._retry(f"list {prefix}", page)
+
+    def _iter_sized(self, prefix: str, after: str) -> Iterator[tuple[str, int]]:
+        """(key, size) below ``prefix`` in key order from ``after`` on (backends may do better than this:
+        every key of the prefix, sorted)."""
+        for key in sorted(self._iter_keys(prefix)):
+            if key > after:
+                info = self._stat(key)
+                if info is not None:
+                    yield key, info.size
+
     def has_any(self, prefix: str, suffix: str = "") -> bool:
         """Whether some committed key below ``prefix`` ends with ``suffix``; stops at the first one (a
         request handler can ask this of a 70,000-file prefix)."""
@@ -503,6 +532,12 @@ class S3Storage(Storage):
     def _iter_keys(self, prefix: str) -> Iterator[str]:
         for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
             yield str(o.object_name)
+
+    def _iter_sized(self, prefix: str, after: str) -> Iterator[tuple[str, int]]:
+        # S3 lists in key (UTF-8 byte) order and starts after a key server-side, a page at a time
+        start = after or None
+        for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True, start_after=start):
+            yield str(o.object_name), int(o.size or 0)
 
     def _delete(self, key: str) -> None:
         self.client.remove_object(self.bucket, key)

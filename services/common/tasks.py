@@ -22,12 +22,14 @@ from typing import Any
 import redis
 
 from services.common.celery_app import app
+from services.common.jobs import SINCE_START as SINCE_START  # re-exported for the tasks
 from services.common.jobs import JobNotFound, JobStore, get_job_store
 from services.common.settings import Settings, get_settings
 from services.common.storage import Storage, StorageUnavailable, get_storage
 
 log = logging.getLogger("gmpi.tasks")
 HEARTBEAT_S = 3.0
+MEASURED: Any = object()  # JobContext.progress: the ETA from this attempt's rate (the default)
 TRANSIENT: tuple[type[BaseException], ...] = (StorageUnavailable, redis.ConnectionError, redis.TimeoutError)
 
 
@@ -47,6 +49,8 @@ class JobContext:
     storage: Storage
     settings: Settings
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # per stage: (step, monotonic time) of its first report in this attempt: where its rate is measured from
+    _origins: dict[str, tuple[int, float]] = field(default_factory=dict, repr=False)
 
     @property
     def work_dir(self) -> Path:
@@ -60,8 +64,32 @@ class JobContext:
             self.cancelled.set()
             raise JobCancelled(self.job_id)
 
-    def progress(self, step: int, total: int | None, message: str = "", **extra: Any) -> None:
-        if not self.jobs.progress(self.job_id, step, total, message, **extra):
+    def progress(
+        self,
+        step: int,
+        total: int | None,
+        message: str = "",
+        *,
+        stage: str = "",
+        eta_s: float | object | None = MEASURED,
+        **extra: Any,
+    ) -> None:
+        """Report ``step`` of ``total`` with a message saying what is happening now.
+
+        ``eta_s`` (seconds left): by default measured in this attempt, from the rate of ``stage`` since
+        its first report (None until it has moved once: setup time such as building a model does not
+        count), 0 at the end; ``SINCE_START`` for the job's average since it first started (tasks that
+        report once, like preprocess chunks); or the caller's own estimate."""
+        now = time.monotonic()
+        s0, t0 = self._origins.setdefault(stage, (step, now))
+        if eta_s is MEASURED:
+            eta_s = None
+            if total is not None and step >= total:
+                eta_s = 0.0
+            elif total and step > s0:
+                eta_s = round((now - t0) / (step - s0) * (total - step), 1)
+        extra = {"stage": stage or None, **extra}
+        if not self.jobs.progress(self.job_id, step, total, message, eta_s=eta_s, **extra):
             self.cancelled.set()
 
 
@@ -86,8 +114,12 @@ def _heartbeat(ctx: JobContext, stop: threading.Event, thread_id: int, lock: thr
             return
 
 
-def run_job(job_id: str, fn: Callable[[JobContext], Any], *, final: bool = True) -> Any:
-    """Run ``fn`` as the body of job ``job_id``; with ``final`` the job ends when ``fn`` returns."""
+def run_job(job_id: str, fn: Callable[[JobContext], Any], *, final: bool = True, entry: bool = True) -> Any:
+    """Run ``fn`` as the body of job ``job_id``; with ``final`` the job ends when ``fn`` returns.
+
+    ``entry``: this is the job's own task (what ``POST /v1/jobs`` queued), so each run of it (the first
+    delivery, a Celery retry, a re-delivery after its worker died) counts as one attempt. Sub-tasks the
+    job fans out into (preprocess chunks and their chord callbacks) pass False: they are not attempts."""
     settings = get_settings()
     jobs = get_job_store(settings.redis_url)
     try:
@@ -99,8 +131,14 @@ def run_job(job_id: str, fn: Callable[[JobContext], Any], *, final: bool = True)
         log.info("job %s already %s; nothing to do", job_id, rec["state"])
         return rec.get("result")
     ctx = JobContext(job_id, rec["params"], jobs, get_storage(settings), settings)
-    jobs.transition(job_id, "running", heartbeat_at=time.time())
-    jobs.incr_attempts(job_id)
+    if entry:  # one write with the state: a running job never shows the queued job's progress
+        attempt = jobs.incr_attempts(job_id)
+        again = "" if attempt == 1 else f" again (attempt {attempt})"
+        was = rec.get("progress") or {}
+        starting = {**was, "eta_s": None, "message": f"starting{again}", "stage": "setup"}
+        jobs.transition(job_id, "running", heartbeat_at=time.time(), progress=starting)
+    else:
+        jobs.transition(job_id, "running", heartbeat_at=time.time())
     stop, lock = threading.Event(), threading.Lock()
     beat = threading.Thread(
         target=_heartbeat,
@@ -136,7 +174,9 @@ def run_job(job_id: str, fn: Callable[[JobContext], Any], *, final: bool = True)
         )
         return None
     if final:
-        jobs.transition(job_id, "succeeded", result=result)
+        total = (jobs.get(job_id).get("progress") or {}).get("total") or 1
+        done = {"step": total, "total": total, "eta_s": 0.0, "message": "done", "stage": "done"}
+        jobs.transition(job_id, "succeeded", result=result, progress=done)
     return result
 
 

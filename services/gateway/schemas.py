@@ -31,6 +31,16 @@ class DatasetCreate(Strict):
     name: str = Field("", max_length=100, description="a label for people")
 
 
+class GroundTruth(BaseModel):
+    kind: Literal["synthetic", "deep3dface"]
+    key: str = Field(..., description="store key of the zip (datasets/{id}/ground-truth/{kind}.zip)")
+    size: int
+    sha256: str | None = None
+    summary: dict[str, Any] = Field(
+        {}, description="what the check found: views and resolution (synthetic), images (deep3dface)"
+    )
+
+
 class Dataset(BaseModel):
     id: str
     name: str
@@ -40,6 +50,26 @@ class Dataset(BaseModel):
     sha256: str | None = None
     landmarks: int = 0
     poses: int = 0
+    ground_truth: dict[str, GroundTruth] = Field(
+        {},
+        description="geometry ground truth the dataset carries, by kind (PUT /v1/datasets/{id}/ground-truth/"
+        "{kind}): an evaluate job of this dataset computes the depth metrics from it",
+    )
+
+
+class DatasetFile(BaseModel):
+    key: str = Field(..., description="full store key")
+    path: str = Field(..., description="the key relative to the dataset (datasets/{id}/)")
+    size: int
+    url: str = Field(..., description="presigned GET URL (S3) or the gateway's /v1/files/{key}")
+
+
+class DatasetFileList(BaseModel):
+    items: list[DatasetFile]
+    prefix: str = Field(..., description="the prefix listed, relative to the dataset")
+    next_cursor: str | None = Field(
+        None, description="pass as ?cursor= for the next page; null on the last page"
+    )
 
 
 class DatasetList(BaseModel):
@@ -154,6 +184,15 @@ class EvalParams(Strict):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     kid_subsets: int | None = Field(None, ge=1, le=1000)
     kid_subset_size: int | None = Field(None, ge=1, le=100_000)
+    geometry_size: int | None = Field(None, ge=16, le=1024, description="render side for depth/pose (224)")
+    depth_tolerance: float | None = Field(
+        None, gt=0, le=1.0, description="rad: pose match of the synthetic ground-truth depth (0.05)"
+    )
+    keep_images: bool = Field(
+        False,
+        description="also store the geometry renders as jobs/{id}/geometry.zip (the input of "
+        "Deep3DFaceRecon, whose outputs a dataset can then carry as ground truth 'deep3dface')",
+    )
 
     def options(self) -> dict[str, Any]:
         out = self.model_dump(exclude={"model_id", "dataset_id"}, exclude_none=True)
@@ -207,10 +246,19 @@ JobSubmit = Annotated[PreprocessJob | TrainJob | EvalJob | VideoJob | MeshJob, F
 
 
 class Progress(BaseModel):
-    step: int = 0
-    total: int | None = None
-    eta_s: float | None = None
-    message: str = ""
+    """Where a job is. Units of ``step``/``total`` depend on the type: preprocess chunks, training
+    steps, evaluation images over all metric stages, video frames (+ encoding), mesh phases."""
+
+    model_config = ConfigDict(extra="allow")  # e.g. a training job's kimg
+    step: int = Field(0, description="units done")
+    total: int | None = Field(None, description="units in all (null while still unknown)")
+    eta_s: float | None = Field(
+        None,
+        description="estimated seconds until the job is done, from the rate of the current stage "
+        "(null where it cannot be estimated yet, e.g. before the first training step)",
+    )
+    message: str = Field("", description="what is happening now, e.g. 'step 12/2000'")
+    stage: str | None = Field(None, description="the current stage, e.g. setup, steps, frames, geometry")
 
 
 class Artifact(BaseModel):
@@ -240,7 +288,11 @@ class Job(BaseModel):
     error: JobError | None = None
     metrics: dict[str, Any] = {}
     info: dict[str, Any] = {}
-    attempts: int = 0
+    attempts: int = Field(
+        0,
+        description="how many times the job's own task started: its first run, Celery retries and "
+        "re-deliveries after a worker died (sub-tasks such as preprocess chunks do not count)",
+    )
     artifacts: list[Artifact] = []
 
 

@@ -18,7 +18,7 @@ from celery import chord
 from services.common.artifacts import fetch_dataset_images
 from services.common.celery_app import app
 from services.common.keys import dataset_prefix, job_prefix
-from services.common.tasks import TRANSIENT, JobContext, JobInputError, run_job
+from services.common.tasks import SINCE_START, TRANSIENT, JobContext, JobInputError, run_job
 
 RESULTS = "landmarks/detections/results/"
 FAIL_LIST = "landmarks/detections/fail_list.txt"
@@ -47,6 +47,7 @@ def _extract(source: Path, names: list[str], dest: Path) -> None:
 
 def _start(ctx: JobContext) -> dict[str, Any]:
     dataset_id = ctx.params["dataset_id"]
+    ctx.progress(0, None, f"downloading the images of dataset '{dataset_id}'", stage="download")
     source = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, dataset_id)
     try:
         names = _image_names(source)
@@ -57,7 +58,12 @@ def _start(ctx: JobContext) -> dict[str, Any]:
     size = int(ctx.params.get("chunk_size") or ctx.settings.landmark_chunk_size)
     chunks = [names[a : a + size] for a in range(0, len(names), size)]
     ctx.jobs.merge_info(ctx.job_id, {"images": len(names), "chunks": len(chunks)})
-    ctx.progress(0, 2 * len(chunks), f"landmarks: {len(chunks)} chunks of up to {size} images")
+    ctx.progress(
+        0,
+        2 * len(chunks),
+        f"landmarks: 0/{len(chunks)} chunks done ({len(names)} images, up to {size} per chunk)",
+        stage="landmarks",
+    )
     header = [landmarks_chunk.si(ctx.job_id, i, chunk) for i, chunk in enumerate(chunks)]
     chord(header)(landmarks_done.si(ctx.job_id, len(chunks)))
     return {"chunks": len(chunks)}
@@ -66,7 +72,7 @@ def _start(ctx: JobContext) -> dict[str, Any]:
 @app.task(name="gmpi.landmarks.start", **_RETRY)
 def start(self: Any, job_id: str) -> Any:
     """Entry of a ``preprocess`` job: split the images into chunks and fan out."""
-    return run_job(job_id, _start, final=False)
+    return run_job(job_id, _start, final=False)  # the job's own task: each run is an attempt
 
 
 def _chunk(ctx: JobContext, index: int, names: list[str]) -> dict[str, Any]:
@@ -93,14 +99,16 @@ def _chunk(ctx: JobContext, index: int, names: list[str]) -> dict[str, Any]:
     summary = {"index": index, "images": len(names), "detected": len(done), "failed": failed}
     ctx.storage.put_json(marker, summary)
     step = ctx.jobs.incr_counter(ctx.job_id, "chunks_done")
-    info = ctx.jobs.get(ctx.job_id)["info"]
-    ctx.progress(step, 2 * int(info.get("chunks", 1)), f"landmarks: chunk {index} done")
+    n_done = ctx.jobs.incr_counter(ctx.job_id, "landmark_chunks_done")
+    chunks = int(ctx.jobs.get(ctx.job_id)["info"].get("chunks", 1))
+    message = f"landmarks: {n_done}/{chunks} chunks done"
+    ctx.progress(step, 2 * chunks, message, stage="landmarks", eta_s=SINCE_START)
     return summary
 
 
 @app.task(name="gmpi.landmarks.chunk", **_RETRY)
 def landmarks_chunk(self: Any, job_id: str, index: int, names: list[str]) -> Any:
-    return run_job(job_id, lambda ctx: _chunk(ctx, index, names), final=False)
+    return run_job(job_id, lambda ctx: _chunk(ctx, index, names), final=False, entry=False)
 
 
 def _done(ctx: JobContext, n_chunks: int) -> dict[str, Any]:
@@ -124,4 +132,4 @@ def _done(ctx: JobContext, n_chunks: int) -> dict[str, Any]:
 @app.task(name="gmpi.landmarks.done", **_RETRY)
 def landmarks_done(self: Any, job_id: str, n_chunks: int) -> Any:
     """Chord callback: the merged fail list, then the pose stage."""
-    return run_job(job_id, lambda ctx: _done(ctx, n_chunks), final=False)
+    return run_job(job_id, lambda ctx: _done(ctx, n_chunks), final=False, entry=False)

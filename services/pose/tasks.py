@@ -14,7 +14,7 @@ from celery import chord
 
 from services.common.celery_app import app
 from services.common.keys import dataset_prefix, job_prefix
-from services.common.tasks import TRANSIENT, JobContext, JobInputError, run_job
+from services.common.tasks import SINCE_START, TRANSIENT, JobContext, JobInputError, run_job
 
 _RETRY = dict(bind=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=8)
 RESULTS = "landmarks/detections/results/"
@@ -33,6 +33,14 @@ def fan_out_poses(ctx: JobContext) -> int:
     size = int(ctx.params.get("chunk_size") or ctx.settings.landmark_chunk_size)
     chunks = [files[a : a + size] for a in range(0, len(files), size)]
     ctx.jobs.merge_info(ctx.job_id, {"pose_chunks": len(chunks)})
+    step = int(ctx.jobs.get(ctx.job_id)["info"].get("chunks", 0))
+    ctx.progress(
+        step,
+        step + len(chunks),
+        f"poses: 0/{len(chunks)} chunks done ({len(files)} faces found)",
+        stage="poses",
+        eta_s=SINCE_START,
+    )
     chord([pose_chunk.si(ctx.job_id, i, c) for i, c in enumerate(chunks)])(
         pose_done.si(ctx.job_id, len(chunks))
     )
@@ -85,16 +93,17 @@ def _chunk(ctx: JobContext, index: int, files: list[str]) -> dict[str, Any]:
     result = {"index": index, "written": summary.written, "failed": sorted(failures)}
     ctx.storage.put_json(marker, result)
     step = ctx.jobs.incr_counter(ctx.job_id, "chunks_done")
+    done = ctx.jobs.incr_counter(ctx.job_id, "pose_chunks_done")
     info = ctx.jobs.get(ctx.job_id)["info"]
-    ctx.progress(
-        step, int(info.get("chunks", 0)) + int(info.get("pose_chunks", 1)), f"poses: chunk {index} done"
-    )
+    pose_chunks = int(info.get("pose_chunks", 1))
+    total = int(info.get("chunks", 0)) + pose_chunks
+    ctx.progress(step, total, f"poses: {done}/{pose_chunks} chunks done", stage="poses", eta_s=SINCE_START)
     return result
 
 
 @app.task(name="gmpi.pose.chunk", **_RETRY)
 def pose_chunk(self: Any, job_id: str, index: int, files: list[str]) -> Any:
-    return run_job(job_id, lambda ctx: _chunk(ctx, index, files), final=False)
+    return run_job(job_id, lambda ctx: _chunk(ctx, index, files), final=False, entry=False)
 
 
 def _done(ctx: JobContext, n_chunks: int) -> dict[str, Any]:
@@ -122,4 +131,4 @@ def _done(ctx: JobContext, n_chunks: int) -> dict[str, Any]:
 @app.task(name="gmpi.pose.done", **_RETRY)
 def pose_done(self: Any, job_id: str, n_chunks: int) -> Any:
     """Chord callback: the pose fail list; the ``preprocess`` job succeeds here."""
-    return run_job(job_id, lambda ctx: _done(ctx, n_chunks))
+    return run_job(job_id, lambda ctx: _done(ctx, n_chunks), entry=False)

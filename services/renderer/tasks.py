@@ -115,17 +115,38 @@ def export_mpi(
 
 @job_task("gmpi.render.video")
 def render_video(ctx: JobContext) -> dict[str, Any]:
-    """Sweep videos (RGB and depth) of one seed."""
-    from gmpi_core.render.video import write_sweep_videos
+    """Sweep videos (RGB and depth) of one seed, as ``gmpi_core.render.video.write_sweep_videos`` writes
+    them, frame batch by frame batch so the job's progress counts rendered frames. Progress units: the
+    frames, then one per video file encoded, then one for the upload."""
+    from gmpi_core.render.io import depth_to_uint8, save_video, to_uint8
+    from gmpi_core.render.video import VIDEO_FPS, VIDEO_QUALITY, video_name
+    from gmpi_core.render.views import render_views, sweep_poses
 
     p = ctx.params
-    gmpi, mpi = get_mpi(p["model_id"], int(p["seed"]), float(p.get("psi", 1.0)), p.get("planes"))
+    seed, n = int(p["seed"]), int(p.get("frames", 30))
+    sweep, formats = p.get("sweep", "horizontal"), tuple(p.get("formats", ["mp4"]))
+    total = n + 2 * len(formats) + 1
+    ctx.progress(0, total, f"loading model '{p['model_id']}'", stage="setup")
+    load_model(p["model_id"])
+    ctx.progress(0, total, f"generating the MPI of seed {seed}", stage="setup")
+    gmpi, mpi = get_mpi(p["model_id"], seed, float(p.get("psi", 1.0)), p.get("planes"))
+    cam = gmpi.config.camera
+    yaws, pitches = sweep_poses(sweep, n)
+    rgb: list[Any] = []
+    depth: list[Any] = []
+    ctx.progress(0, total, f"rendering frames 0/{n}", stage="frames")
+    for images, depths in render_views(gmpi, mpi, yaws, pitches, size=p.get("size"), out_of_bounds="clamp"):
+        rgb.extend(to_uint8(im) for im in images)
+        depth.extend(depth_to_uint8(d, cam.d_near, cam.d_far) for d in depths)
+        ctx.progress(len(rgb), total, f"rendering frames {len(rgb)}/{n}", stage="frames")
     out = ctx.work_dir / "videos"
-    ctx.progress(0, 1, "rendering")
-    paths = write_sweep_videos(
-        gmpi, mpi, out, p.get("sweep", "horizontal"), n_frames=int(p.get("frames", 30)),
-        formats=tuple(p.get("formats", ["mp4"])), size=p.get("size"),
-    )  # fmt: skip
+    paths: list[Path] = []
+    for kind, frames in (("rgb", rgb), ("depth", depth)):
+        for fmt in formats:
+            name = video_name(kind, sweep, fmt)
+            ctx.progress(n + len(paths), total, f"encoding {name} ({n} frames)", stage="frames")
+            paths.append(save_video(out / name, frames, fps=VIDEO_FPS, quality=VIDEO_QUALITY))
+    ctx.progress(total - 1, total, f"uploading {len(paths)} videos", stage="frames")
     keys = [ctx.storage.put_file(f"{job_prefix(ctx.job_id)}videos/{q.name}", q).key for q in paths]
     ctx.jobs.add_artifacts(ctx.job_id, keys)
     return {"videos": keys}
@@ -133,13 +154,22 @@ def render_video(ctx: JobContext) -> dict[str, Any]:
 
 @job_task("gmpi.render.mesh")
 def extract_mesh(ctx: JobContext) -> dict[str, Any]:
-    """A marching-cubes mesh (PLY) of one seed's alpha volume."""
-    from gmpi_core.render.mesh import extract_mesh as extract
+    """A marching-cubes mesh (PLY) of one seed's alpha volume, in the steps of
+    ``gmpi_core.render.mesh.extract_mesh`` (its defaults), each reported: load the model, generate the
+    alpha volume, marching cubes, write and upload the PLY."""
+    from gmpi_core.render.mesh import alpha_volume, mesh_from_alpha, write_ply
 
     p = ctx.params
+    seed, psi = int(p["seed"]), float(p.get("psi", 1.0))
+    ctx.progress(0, 4, f"loading model '{p['model_id']}'", stage="mesh")
     gmpi, _ = load_model(p["model_id"])
-    ctx.progress(0, 1, "extracting")
-    path = extract(gmpi, int(p["seed"]), ctx.work_dir / "meshes", truncation_psi=float(p.get("psi", 1.0)))
+    res = gmpi.config.generator.img_resolution
+    ctx.progress(1, 4, f"generating the {res}³ alpha volume of seed {seed}", stage="mesh")
+    alpha, colour, grid = alpha_volume(gmpi, seed, truncation_psi=psi)
+    ctx.progress(2, 4, "marching cubes", stage="mesh")
+    mesh = mesh_from_alpha(alpha, grid, colour=colour)
+    ctx.progress(3, 4, f"writing and uploading the mesh ({len(mesh.faces)} faces)", stage="mesh")
+    path = write_ply(ctx.work_dir / "meshes" / f"mesh_{psi}.ply", mesh)
     key = ctx.storage.put_file(f"{job_prefix(ctx.job_id)}meshes/{path.name}", path).key
     ctx.jobs.add_artifacts(ctx.job_id, [key])
     return {"mesh": key}

@@ -75,6 +75,9 @@ def train_command(ctx: JobContext, data: Path, poses: Path | None, run: Path, np
 
 def stage_inputs(ctx: JobContext) -> tuple[Path, Path | None]:
     """The job's dataset images (and poses unless ``use_poses`` is off) in the local cache."""
+    steps = int(ctx.params["steps"])
+    step = int((ctx.jobs.get(ctx.job_id).get("progress") or {}).get("step") or 0)  # an earlier attempt's
+    ctx.progress(step, steps, f"downloading dataset '{ctx.params['dataset_id']}'", stage="setup")
     data = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
     poses = fetch_dataset_poses(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
     return data, poses if ctx.params.get("use_poses", True) else None
@@ -89,9 +92,12 @@ def restore_run(ctx: JobContext, run: Path) -> int:
         name = ctx.storage.get_bytes(state + "latest").decode().strip()
     except ObjectNotFound:
         return 0
+    step = checkpoint_step(name)
+    ctx.progress(
+        step, int(ctx.params["steps"]), f"restoring the run from its checkpoint at step {step}", stage="setup"
+    )
     ctx.storage.get_file(state + name, run / "checkpoints" / name)
     (run / "checkpoints" / "latest").write_text(name + "\n")
-    step = checkpoint_step(name)
     try:
         ctx.storage.get_file(job_prefix(ctx.job_id) + "log.jsonl", run / "log.jsonl")
     except ObjectNotFound:
@@ -184,9 +190,8 @@ class _Uploader:
                 continue
         if complete and self.last:
             losses = {k: v for k, v in self.last.items() if k not in ("step", "kimg")}
-            self.ctx.progress(
-                int(self.last["step"]), int(self.ctx.params["steps"]), "training", kimg=self.last.get("kimg")
-            )
+            step, steps = int(self.last["step"]), int(self.ctx.params["steps"])
+            self.ctx.progress(step, steps, f"step {step}/{steps}", stage="steps", kimg=self.last.get("kimg"))
             self.ctx.jobs.merge_metrics(self.ctx.job_id, losses)
         grown = self.log_pos > self.log_uploaded
         if grown and (force or time.monotonic() - self.last_log_upload > LOG_UPLOAD_S):
@@ -281,6 +286,10 @@ def supervise(ctx: JobContext, cmd: list[str], run: Path, up: _Uploader) -> None
     """Run ``cmd`` (the trainer) in its own process group, mirroring ``run`` into the store while it
     runs; cancelled jobs kill the group. Raises on a non-zero exit with the log's tail."""
     log.info("job %s: %s", ctx.job_id, " ".join(cmd))
+    steps = int(ctx.params["steps"])
+    at = int(up.last.get("step", 0))
+    what = "building the model" + (f" and loading its checkpoint at step {at}" if at else "")
+    ctx.progress(at, steps, f"{what} (the trainer starts)", stage="setup")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(run / "train.log", "ab") as out:
         proc = subprocess.Popen(
@@ -311,6 +320,8 @@ def supervise(ctx: JobContext, cmd: list[str], run: Path, up: _Uploader) -> None
 
 def finish(ctx: JobContext, run: Path, up: _Uploader, start_step: int) -> dict[str, Any]:
     """Publish the model of a finished run (committed last) and record the job's artifacts."""
+    steps = int(ctx.params["steps"])
+    ctx.progress(steps, steps, f"publishing model '{ctx.params['model_id']}'", stage="publish")
     keys = _publish_model(ctx, run)
     keys += [job_prefix(ctx.job_id) + "log.jsonl", up.state + "latest"]
     ctx.jobs.add_artifacts(ctx.job_id, keys)

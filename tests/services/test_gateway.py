@@ -166,6 +166,28 @@ def test_same_idempotency_key_gives_the_same_job(client: TestClient, trainable: 
     assert client.get("/v1/jobs", headers=KEY).json()["total"] == 1
 
 
+def test_an_idempotency_key_reused_with_another_body_is_409(client: TestClient, trainable: str) -> None:
+    h = {**KEY, "Idempotency-Key": "nightly-7"}
+    body = {"type": "train", "params": {"dataset_id": trainable, "steps": 5}}
+    first = client.post("/v1/jobs", json=body, headers=h)
+    assert first.status_code == 202, first.text
+    # the same request spelled differently (key order, a default written out) is the same request
+    same = {"params": {"steps": 5, "ckpt_every": 500, "dataset_id": trainable}, "type": "train"}
+    again = client.post("/v1/jobs", json=same, headers=h)
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    changed = {"type": "train", "params": {"dataset_id": trainable, "steps": 6}}
+    err = assert_error(
+        client.post("/v1/jobs", json=changed, headers=h), 409, "idempotency_key_reused", "nightly-7"
+    )
+    assert err["details"]["job_id"] == first.json()["id"] and err["details"]["idempotency_key"] == "nightly-7"
+    assert client.get("/v1/jobs", headers=KEY).json()["total"] == 1
+    # keys belong to an API key: another caller's "nightly-7" is its own
+    other = client.post(
+        "/v1/jobs", json=changed, headers={"X-API-Key": "other-key", "Idempotency-Key": "nightly-7"}
+    )
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+
+
 def test_cancel_a_queued_job_then_cancel_again_is_409(client: TestClient, trainable: str) -> None:
     job = client.post(
         "/v1/jobs", json={"type": "train", "params": {"dataset_id": trainable, "steps": 5}}, headers=KEY

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.jobs import JobNotFound, JobStore
+from services.common.jobs import IdempotencyConflict, JobNotFound, JobStore, request_sha256
 from services.common.settings import Settings
 
 
@@ -27,6 +27,45 @@ def test_same_idempotency_key_returns_the_first_job(jobs: JobStore) -> None:
     assert created_c and c["id"] != a["id"]
 
 
+def test_an_idempotency_key_with_another_request_is_refused(jobs: JobStore) -> None:
+    first = request_sha256({"type": "train", "params": {"steps": 3, "preset": "synthetic32"}})
+    reordered = request_sha256({"params": {"preset": "synthetic32", "steps": 3}, "type": "train"})
+    assert first == reordered  # canonical: key order does not matter
+    a, created = jobs.create("train", {"steps": 3}, idempotency_key="k2", request_sha256=first, owner="o")
+    b, again = jobs.create("train", {"steps": 3}, idempotency_key="k2", request_sha256=reordered, owner="o")
+    assert created and not again and b["id"] == a["id"]
+    other = request_sha256({"type": "train", "params": {"steps": 4, "preset": "synthetic32"}})
+    with pytest.raises(IdempotencyConflict) as e:
+        jobs.create("train", {"steps": 4}, idempotency_key="k2", request_sha256=other, owner="o")
+    assert e.value.key == "k2" and e.value.job_id == a["id"] and "'k2'" in str(e.value)
+    assert jobs.list()[1] == 1  # nothing was created by the refused request
+
+
+def test_racing_submissions_with_one_key_create_one_job(jobs: JobStore, settings: Settings) -> None:
+    """Two gateways (threads with their own connections) submitting the same request with one key at
+    once: one job, and every caller gets it."""
+    import threading
+
+    n = 8
+    barrier = threading.Barrier(n)
+    out: list[tuple[str, bool]] = []
+    sha = request_sha256({"type": "evaluate", "params": {"model_id": "m"}})
+
+    def submit() -> None:
+        store = JobStore.from_url(settings.redis_url)
+        barrier.wait()
+        rec, created = store.create("evaluate", {}, idempotency_key="race", request_sha256=sha, owner="o")
+        out.append((rec["id"], created))
+
+    threads = [threading.Thread(target=submit) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({job_id for job_id, _ in out}) == 1 and sum(created for _, created in out) == 1
+    assert jobs.list()[1] == 1
+
+
 def test_terminal_state_is_never_overwritten(jobs: JobStore) -> None:
     rec, _ = jobs.create("evaluate", {})
     assert jobs.transition(rec["id"], "running")
@@ -43,6 +82,9 @@ def test_progress_reports_an_eta_once_running(jobs: JobStore) -> None:
     jobs.progress(rec["id"], 5, 10, "training")
     p = jobs.get(rec["id"])["progress"]
     assert p["step"] == 5 and p["total"] == 10 and p["eta_s"] is not None
+    jobs.progress(rec["id"], 6, 10, "step 6/10", eta_s=None, stage="steps")  # the caller knows better
+    p = jobs.get(rec["id"])["progress"]
+    assert p == {"step": 6, "total": 10, "eta_s": None, "message": "step 6/10", "stage": "steps"}
 
 
 def test_list_filters_and_paginates_newest_first(jobs: JobStore) -> None:

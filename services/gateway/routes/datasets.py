@@ -1,18 +1,21 @@
 """``/v1/datasets``: create, upload (presigned PUT, presigned multipart upload for zips of any size, or a
-streamed body with a size limit), register an existing prefix, list, get. A dataset is
-``datasets/{id}/dataset.json`` plus its files."""
+streamed body with a size limit), register an existing prefix, list, get, list its files, attach geometry
+ground truth. A dataset is ``datasets/{id}/dataset.json`` plus its files."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from services.common.groundtruth import KINDS, GroundTruthError, check_ground_truth, ground_truth_key
 from services.common.keys import InvalidKeyError, dataset_prefix, new_id, validate_key
 from services.common.storage import (
     MultipartNotSupported,
@@ -23,13 +26,16 @@ from services.common.storage import (
 )
 from services.gateway.deps import ApiKey, SettingsDep, StorageDep
 from services.gateway.errors import ERROR_RESPONSES, ApiError
-from services.gateway.routes.common import check_id, spooled_body
+from services.gateway.routes.common import artifact_url, check_id, spooled_body
 from services.gateway.schemas import (
     MAX_PARTS,
     MIB,
     Dataset,
     DatasetCreate,
+    DatasetFile,
+    DatasetFileList,
     DatasetList,
+    GroundTruth,
     MultipartComplete,
     MultipartCreate,
     MultipartUpload,
@@ -53,6 +59,21 @@ def _record(storage: Storage, dataset_id: str) -> dict:
         raise ApiError(404, "not_found", f"no dataset '{dataset_id}'") from e
 
 
+def _ground_truth(storage: Storage, dataset_id: str, kind: str) -> GroundTruth | None:
+    key = ground_truth_key(dataset_id, kind)
+    info = storage.stat(key)
+    if info is None:
+        return None
+    summary: dict[str, Any] = {}
+    try:
+        side = storage.get_json(key.removesuffix(".zip") + ".json")
+        if isinstance(side, dict) and side.get("sha256") == info.sha256:  # the check of this very zip
+            summary = side.get("summary") or {}
+    except (ObjectNotFound, ValueError):
+        pass
+    return GroundTruth(kind=kind, key=key, size=info.size, sha256=info.sha256 or None, summary=summary)  # type: ignore[arg-type]
+
+
 def _view(storage: Storage, rec: dict) -> Dataset:
     prefix = dataset_prefix(rec["id"])
     keys = storage.list(prefix)
@@ -61,6 +82,12 @@ def _view(storage: Storage, rec: dict) -> Dataset:
         images, info = prefix + "images.zip", storage.stat(prefix + "images.zip")
     elif any(k.startswith(prefix + "images/") for k in keys):
         images = prefix + "images/"
+    ground_truth = {}
+    for kind in KINDS:
+        if ground_truth_key(rec["id"], kind) in keys:
+            gt = _ground_truth(storage, rec["id"], kind)
+            if gt is not None:
+                ground_truth[kind] = gt
     return Dataset(
         id=rec["id"],
         name=rec.get("name", ""),
@@ -70,6 +97,7 @@ def _view(storage: Storage, rec: dict) -> Dataset:
         sha256=(info.sha256 or None) if info else None,
         landmarks=sum(k.startswith(prefix + "landmarks/detections/results/") for k in keys),
         poses=sum(k.startswith(prefix + "poses/") and k.endswith(".mat") for k in keys),
+        ground_truth=ground_truth,
     )
 
 
@@ -283,6 +311,128 @@ def register_prefix(dataset_id: str, body: RegisterPrefix, _: ApiKey, storage: S
     wanted = [k for k in keys if k == prefix + "images.zip" or k.startswith(prefix + "images/")]
     if not wanted:
         raise ApiError(422, "no_images", f"no images.zip or images/ below '{prefix}'", {"field": "prefix"})
+    wanted += [k for k in keys if k in {f"{prefix}ground-truth/{kind}.zip" for kind in KINDS}]
     for k in wanted:
         storage.copy(k, target + k[len(prefix) :])
     return _view(storage, rec)
+
+
+# --- the dataset's files ---------------------------------------------------------------------------
+def _encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, under: str) -> str:
+    try:
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, ValueError) as e:
+        raise ApiError(
+            422, "invalid_cursor", "cursor is not one this route returned", {"field": "cursor"}
+        ) from e
+    if not key.startswith(under):
+        raise ApiError(
+            422,
+            "invalid_cursor",
+            "cursor belongs to another dataset or prefix; list again from the start without it",
+            {"field": "cursor"},
+        )
+    return key
+
+
+@router.get(
+    "/{dataset_id}/files",
+    summary="list the dataset's files (images, landmarks, poses, fail lists, ground truth), paged",
+)
+def list_files(
+    dataset_id: str,
+    _: ApiKey,
+    storage: StorageDep,
+    prefix: Annotated[
+        str, Query(max_length=400, description="relative to the dataset, e.g. 'poses/' or 'landmarks/'")
+    ] = "",
+    cursor: Annotated[
+        str | None, Query(max_length=2000, description="next_cursor of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> DatasetFileList:
+    """Files below ``datasets/{id}/{prefix}`` in key order, ``limit`` per page, each with its size and a
+    download URL (presigned on S3; the gateway's ``/v1/files/{key}`` on the directory backend). Follow
+    ``next_cursor`` until it is null."""
+    _record(storage, dataset_id)
+    base = dataset_prefix(dataset_id)
+    if prefix:
+        try:
+            validate_key(prefix.rstrip("/"), what="prefix")
+        except InvalidKeyError as e:
+            raise ApiError(422, "invalid_key", str(e), {"field": "prefix"}) from e
+    under = base + prefix
+    after = _decode_cursor(cursor, under) if cursor else ""
+    found = storage.list_page(under, after, limit + 1)
+    page = found[:limit]
+    items = [
+        DatasetFile(key=key, path=key[len(base) :], size=size, url=artifact_url(storage, key))
+        for key, size in page
+    ]
+    more = len(found) > limit
+    return DatasetFileList(
+        items=items, prefix=prefix, next_cursor=_encode_cursor(page[-1][0]) if more else None
+    )
+
+
+# --- geometry ground truth ----------------------------------------------------------------------------
+@router.put(
+    "/{dataset_id}/ground-truth/{kind}",
+    summary="attach geometry ground truth (a zip) for the depth metrics of evaluate jobs",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+    responses={413: {"description": "larger than GMPI_MAX_UPLOAD_BYTES"}},
+)
+async def upload_ground_truth(
+    dataset_id: str,
+    kind: Literal["synthetic", "deep3dface"],
+    request: Request,
+    _: ApiKey,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> Dataset:
+    """``synthetic``: the folder ``gmpi data synth --out DIR`` writes, zipped (``meta.json``,
+    ``poses.json``, ``depth/``, ``mask/``; its ``images.zip`` is ignored here: upload it with
+    ``PUT …/images``) → metric ``depth_synthetic``. ``deep3dface``: the Deep3DFaceRecon fork's
+    ``recon/{aligned_depth,pred_depth,pred_mask,coeffs}`` for the geometry renders of an evaluate job with
+    ``keep_images`` → ``depth_deep3dface``, ``pose_deep3dface``. The zip is checked (422
+    ``invalid_ground_truth`` says what is missing) and replaces the dataset's earlier one of that kind."""
+    rec = await run_in_threadpool(_record, storage, dataset_id)
+    spool_dir = Path(settings.cache_dir) / "uploads"
+    key = ground_truth_key(dataset_id, kind)
+    async with spooled_body(
+        request, settings.max_upload_bytes, spool_dir, f"the {kind} ground truth zip"
+    ) as path:
+        try:
+            summary = await run_in_threadpool(check_ground_truth, path, kind)
+        except GroundTruthError as e:
+            raise ApiError(422, "invalid_ground_truth", f"{kind} ground truth: {e}", {"field": "body"}) from e
+        info = await run_in_threadpool(storage.put_file, key, str(path), "application/zip")
+    side = {"kind": kind, "sha256": info.sha256, "summary": summary.info}
+    await run_in_threadpool(storage.put_json, key.removesuffix(".zip") + ".json", side)
+    return await run_in_threadpool(_view, storage, rec)
+
+
+@router.delete(
+    "/{dataset_id}/ground-truth/{kind}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="remove the dataset's ground truth of one kind",
+)
+def delete_ground_truth(
+    dataset_id: str, kind: Literal["synthetic", "deep3dface"], _: ApiKey, storage: StorageDep
+) -> Response:
+    _record(storage, dataset_id)
+    key = ground_truth_key(dataset_id, kind)
+    if not storage.exists(key):
+        raise ApiError(404, "not_found", f"dataset '{dataset_id}' has no {kind} ground truth")
+    storage.delete(key)
+    storage.delete(key.removesuffix(".zip") + ".json")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, status
 
-from services.common.jobs import TERMINAL
+from services.common.jobs import TERMINAL, IdempotencyConflict, request_sha256
 from services.common.keys import dataset_prefix
 from services.common.storage import Storage
 from services.gateway.deps import ApiKey, CeleryDep, JobsDep, StorageDep
@@ -68,6 +68,7 @@ def _require_model(storage: Storage, model_id: str) -> None:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     summary="submit a job (202; the same job again for a seen Idempotency-Key)",
+    responses={409: {"description": "idempotency_key_reused: the key was used with a different body"}},
 )
 def submit_job(
     body: Annotated[JobSubmit, Body()],
@@ -77,7 +78,12 @@ def submit_job(
     celery: CeleryDep,
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
 ) -> Job:
+    """With ``Idempotency-Key`` (per API key, kept a day) a repeated request returns the job the key
+    first created; the key with a different request (compared as the sha256 of the validated body's
+    canonical JSON, so key order, spacing and spelled-out defaults do not matter) is refused with 409
+    ``idempotency_key_reused``."""
     params: dict[str, Any] = body.params.model_dump(mode="json")
+    body_sha256 = request_sha256({"type": body.type, "params": params})
     if body.type == "preprocess":
         _require_dataset(storage, params["dataset_id"])
         if not (
@@ -101,7 +107,17 @@ def submit_job(
         params["options"]["metrics"] = list(params["options"]["metrics"])
     else:
         _require_model(storage, params["model_id"])
-    rec, created = jobs.create(body.type, params, idempotency_key=idempotency_key, owner=key)
+    try:
+        rec, created = jobs.create(
+            body.type, params, idempotency_key=idempotency_key, request_sha256=body_sha256, owner=key
+        )
+    except IdempotencyConflict as e:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            str(e),
+            {"field": "Idempotency-Key", "idempotency_key": e.key, "job_id": e.job_id},
+        ) from e
     if created:
         celery.send_task(ENTRY_TASK[body.type], kwargs={"job_id": rec["id"]})
     return job_view(rec, storage)
