@@ -28,7 +28,8 @@ export IMAGE_TAG="$TAG" IMAGE_REGISTRY="${IMAGE_REGISTRY:-gmpi}"
 export GMPI_PORT="${GMPI_PORT:-8000}" GMPI_STACK_REDIS_PORT="${GMPI_STACK_REDIS_PORT:-6390}"
 export GMPI_STACK_S3_PORT="${GMPI_STACK_S3_PORT:-18333}"
 export GMPI_API_KEYS="${GMPI_API_KEYS:-dev-key}"
-export GMPI_S3_ACCESS_KEY="${GMPI_S3_ACCESS_KEY:-gmpi-local}" GMPI_S3_SECRET_KEY="${GMPI_S3_SECRET_KEY:-gmpi-local-secret}"
+# the stores' secrets (GMPI_REDIS_PASSWORD, S3_ROOT_*, S3_GATEWAY_*, S3_WORKER_*): compose's dev defaults
+# unless set; the gateway listens on 127.0.0.1 only (compose.local.yaml)
 COMPOSE_FILES=(-f "$ROOT/compose.yaml" -f "$ROOT/compose.cpu.yaml" -f "$ROOT/compose.local.yaml")
 CPU_TARGETS="init gateway landmarks pose trainer evaluator renderer"
 mkdir -p "$D" "$DOCKER_DIR"
@@ -217,7 +218,8 @@ cmd_status() {  # exit 1 unless every long-running service is up and healthy
   ensure_compose
   compose ps -a --format 'table {{.Service}}\t{{.State}}\t{{.Status}}'
   local bad
-  bad="$(compose ps -a --format '{{.Service}} {{.State}} {{.Health}}' | awk '$1 != "bucket-init" && ($2 != "running" || $3 != "healthy")')"
+  bad="$(compose ps -a --format '{{.Service}} {{.State}} {{.Health}}' \
+    | awk '$1 !~ /^(preflight|store-init|bucket-init)$/ && ($2 != "running" || $3 != "healthy")')"
   [ -n "$(compose ps -q)" ] && [ -z "$bad" ]
 }
 

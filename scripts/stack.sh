@@ -7,7 +7,8 @@
 #                                                                    (scripts/docker-stack.sh)
 #
 # State (pids, logs, data) lives in $GMPI_STACK_DIR (default .stack/); `down` stops only the processes
-# whose pid files are there. Ports: $GMPI_STACK_REDIS_PORT (6390), $GMPI_STACK_S3_PORT (18333; the other
+# whose pid files are there. Redis requires a password: $GMPI_REDIS_PASSWORD, else a random one kept in
+# $GMPI_STACK_DIR/redis.password (mode 600; the services get it through $GMPI_STACK_DIR/env). Ports: $GMPI_STACK_REDIS_PORT (6390), $GMPI_STACK_S3_PORT (18333; the other
 # SeaweedFS ports are derived from it), $GMPI_PORT (8000). Workers: $GMPI_STACK_QUEUES (all five).
 set -euo pipefail
 
@@ -28,12 +29,19 @@ OFF=$((S3_PORT - 18333))
 PORT="${GMPI_PORT:-8000}"
 QUEUES="${GMPI_STACK_QUEUES:-landmarks pose train eval render}"
 mkdir -p "$D/logs" "$D/redis" "$D/s3" "$D/cache" "$D/run"
+if [ -z "${GMPI_REDIS_PASSWORD:-}" ]; then
+  [ -s "$D/redis.password" ] || ( umask 077 && "$PY" -c 'import secrets; print(secrets.token_hex(16))' > "$D/redis.password" )
+  GMPI_REDIS_PASSWORD="$(cat "$D/redis.password")"
+fi
+export REDISCLI_AUTH="$GMPI_REDIS_PASSWORD"  # this script's redis-cli calls
 
 write_env() {
+  ( umask 077 && : > "$D/env" )  # it holds the Redis password and the S3 keys
   cat > "$D/env" <<ENV
 export GMPI_HOST=127.0.0.1
 export GMPI_PORT=$PORT
 export GMPI_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+export GMPI_REDIS_PASSWORD=$GMPI_REDIS_PASSWORD
 export GMPI_STORAGE=s3
 export GMPI_S3_ENDPOINT=127.0.0.1:$S3_PORT
 export GMPI_S3_ACCESS_KEY=${GMPI_S3_ACCESS_KEY:-gmpi-local}
@@ -83,10 +91,16 @@ port_open() { "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1'
 
 start_redis() {
   alive redis && return
+  # the password on stdin (`-`): a command-line argument would show in `ps` to every user of the machine
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$D/redis" --appendonly yes --appendfsync everysec \
-    --save "" --maxmemory-policy noeviction --daemonize yes --pidfile "$D/run/redis.pid" --logfile "$D/logs/redis.log"
-  wait_for redis 10 redis-cli -p "$REDIS_PORT" ping
+    --save "" --maxmemory-policy noeviction --daemonize yes --pidfile "$D/run/redis.pid" \
+    --logfile "$D/logs/redis.log" - <<CONF
+requirepass "$GMPI_REDIS_PASSWORD"
+CONF
+  wait_for redis 10 redis_ping
 }
+
+redis_ping() { redis-cli -p "$REDIS_PORT" ping | grep -q PONG; }  # redis-cli exits 0 on NOAUTH too
 
 start_s3() {
   alive s3 && return

@@ -2,7 +2,8 @@
 # Static validation of the deployment files (no Docker engine or cluster needed):
 #   hadolint on docker/Dockerfile and docker/local/Dockerfile; the Compose v2 binary's `config -q` on compose.yaml (+ the CPU
 #   override); `kubectl kustomize` of each k8s overlay through `kubernetes-validate --strict`, with the
-#   custom resources (KEDA ScaledObject, Kubeflow PyTorchJob) checked against tests/deploy/schemas.
+#   custom resources (KEDA ScaledObject and TriggerAuthentication, Kubeflow PyTorchJob) checked against
+#   tests/deploy/schemas.
 # tests/deploy runs the same checks (and more) under pytest. Usage: scripts/ci/validate_deploy.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,7 +22,7 @@ echo "== compose"
 DC="$("$PY" -m tests.deploy.tools compose-bin)"
 (
   # validate with the defaults in the files, not with this shell's GMPI_*/IMAGE_* values
-  for v in $(env | grep -oE '^(GMPI_|IMAGE_|COMPOSE_)[A-Za-z0-9_]*' || true); do unset "$v"; done
+  for v in $(env | grep -oE '^(GMPI_|IMAGE_|COMPOSE_|GATEWAY_|S3_ROOT_|S3_GATEWAY_|S3_WORKER_|BUILD_)[A-Za-z0-9_]*' || true); do unset "$v"; done
   "$DC" -f compose.yaml config -q && echo "ok: compose.yaml"
   "$DC" -f compose.yaml -f compose.cpu.yaml config -q && echo "ok: compose.yaml + compose.cpu.yaml"
   "$DC" -f compose.yaml -f compose.cpu.yaml -f compose.local.yaml config -q && echo "ok: + compose.local.yaml"

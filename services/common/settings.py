@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import urllib.parse
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +17,8 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 8000
     redis_url: str = "redis://localhost:6379/0"
+    # from a secret; put into redis_url (percent-encoded) unless the URL names a password itself
+    redis_password: str = Field("", repr=False)
 
     storage: Literal["s3", "dir"] = "s3"
     storage_dir: str = "/var/lib/gmpi/storage"
@@ -46,6 +49,11 @@ class Settings(BaseSettings):
 
     k8s_enabled: bool = False
     k8s_namespace: str = "gmpi"
+    # image of the PyTorchJob pods; empty: the trainer pod's own (read from the API: needs `get pods`)
+    trainer_image: str = ""
+    max_gpus_per_job: int = Field(
+        16, ge=1, description="GPUs one multi-node training job may request in total (nodes x GPUs per node)"
+    )
 
     @field_validator("train_nproc")
     @classmethod
@@ -53,6 +61,17 @@ class Settings(BaseSettings):
         if value != "auto" and not (value.isdigit() and int(value) >= 1):
             raise ValueError(f"GMPI_TRAIN_NPROC must be 'auto' or an integer >= 1, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _redis_auth(self) -> Settings:
+        if self.redis_password:
+            parts = urllib.parse.urlsplit(self.redis_url)
+            if parts.password is None:
+                user = parts.username or ""
+                host = parts.netloc.rpartition("@")[2]
+                netloc = f"{user}:{urllib.parse.quote(self.redis_password, safe='')}@{host}"
+                self.redis_url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        return self
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -41,7 +41,9 @@ __all__ = [
     "KubeClient",
     "PyTorchJobCancelled",
     "PyTorchJobError",
+    "PyTorchJobTooLarge",
     "build_pytorchjob",
+    "check_gpu_request",
     "delete_pytorchjob",
     "job_name",
     "job_state",
@@ -60,6 +62,7 @@ DEFAULT_ENTRY = "gmpi_core.train.cli"
 NODE_AGENT = "services.trainer.node"
 POLL_S = 15.0  # seconds between reads of a PyTorchJob's state
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+DEFAULT_MAX_GPUS_PER_JOB = 16  # services.common.settings.Settings.max_gpus_per_job (GMPI_MAX_GPUS_PER_JOB)
 
 
 class PyTorchJobError(RuntimeError):
@@ -68,6 +71,25 @@ class PyTorchJobError(RuntimeError):
 
 class PyTorchJobCancelled(PyTorchJobError):
     """``should_stop`` asked :func:`wait_pytorchjob` to stop; the PyTorchJob was deleted."""
+
+
+class PyTorchJobTooLarge(PyTorchJobError, ValueError):
+    """The job asks for more GPUs than ``GMPI_MAX_GPUS_PER_JOB`` allows; nothing was sent to the cluster."""
+
+
+def check_gpu_request(nnodes: int, gpus_per_node: int, settings: Any) -> int:
+    """The job's GPUs in total (``nnodes`` x ``gpus_per_node``), or :class:`PyTorchJobTooLarge` when that
+    is above ``settings.max_gpus_per_job``: one request must not be able to claim a whole GPU pool."""
+    limit = getattr(settings, "max_gpus_per_job", None)
+    limit = DEFAULT_MAX_GPUS_PER_JOB if limit is None else int(limit)
+    total = nnodes * gpus_per_node
+    if nnodes < 1 or gpus_per_node < 1 or total > limit:
+        raise PyTorchJobTooLarge(
+            f"the job asks for {total} GPUs ({nnodes} nodes x {gpus_per_node} GPUs); at most {limit} GPUs "
+            "per job are allowed (GMPI_MAX_GPUS_PER_JOB): ask for fewer GPUs, or have the operator raise "
+            "the limit"
+        )
+    return total
 
 
 def job_name(job_id: str) -> str:
@@ -311,7 +333,10 @@ def submit_pytorchjob(
     """Create the PyTorchJob for ``job_id`` (or find it already there) and return its name.
 
     The image is ``settings.trainer_image``, else ``$GMPI_TRAINER_IMAGE``, else this pod's own image.
+    More than ``settings.max_gpus_per_job`` GPUs in total raises :class:`PyTorchJobTooLarge` first.
     """
+    gpus_per_node = build_kwargs.get("gpus_per_node") or nproc_per_node
+    check_gpu_request(nnodes, gpus_per_node, settings)  # before any request to the cluster
     client = client or KubeClient.in_cluster()
     namespace = _namespace(settings)
     image = build_kwargs.pop("image", None) or _trainer_image(settings, client, namespace)

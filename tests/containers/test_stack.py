@@ -41,20 +41,52 @@ def ctrained(cstack: ContainerStack, cdataset: str) -> dict[str, Any]:
 
 def test_every_service_is_healthy_by_its_image_healthcheck_on_host_networking(cstack: ContainerStack) -> None:
     by_service = {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in cstack.containers()}
-    assert SERVICES | {"redis", "minio", "bucket-init"} <= set(by_service), sorted(by_service)
+    assert SERVICES | {"redis", "minio", "preflight", "store-init", "bucket-init"} <= set(by_service), sorted(
+        by_service
+    )
     for name in SERVICES:
         c = by_service[name]
         assert c["State"]["Health"]["Status"] == "healthy", (name, c["State"])
         # the image's own HEALTHCHECK (compose.yaml sets none for our services)
         assert c["Config"]["Healthcheck"]["Test"] == ["CMD", "python", "-m", "services", "health"], name
         assert c["Config"]["User"] == "10001:10001", name
-    init = by_service["bucket-init"]["State"]
-    assert init["Status"] == "exited" and init["ExitCode"] == 0, init
+    for one_shot in ("preflight", "store-init", "bucket-init"):
+        state = by_service[one_shot]["State"]
+        assert state["Status"] == "exited" and state["ExitCode"] == 0, (one_shot, state)
     for name, c in by_service.items():
         assert c["HostConfig"]["NetworkMode"] == "host", (name, c["HostConfig"]["NetworkMode"])
     label = f"label=com.docker.compose.project={cstack.project}"
     networks = cstack.docker("network", "ls", "-q", "--filter", label)
     assert networks.strip() == "", "compose created a network; containers here must use host networking only"
+
+
+def test_the_running_stack_uses_its_least_privileged_identities(cstack: ContainerStack) -> None:
+    """Redis refuses clients without the password; the gateway's and workers' S3 users are not the root
+    account and may not create buckets (SeaweedFS stands in for MinIO here)."""
+    import subprocess
+
+    def env(service: str) -> dict[str, str]:
+        return dict(e.split("=", 1) for e in cstack.container(service)["Config"]["Env"])
+
+    store = env("minio")
+    gateway, worker = env("gateway"), env("landmarks")
+    assert gateway["GMPI_S3_ACCESS_KEY"] not in (store["S3_ROOT_USER"], worker["GMPI_S3_ACCESS_KEY"])
+    assert store["S3_ROOT_PASSWORD"] not in (gateway["GMPI_S3_SECRET_KEY"], worker["GMPI_S3_SECRET_KEY"])
+    cid = cstack.container("redis")["Id"]
+    port = cstack.env["GMPI_STACK_REDIS_PORT"]
+    cmd = ["docker", "exec", cid, "env", "-u", "REDISCLI_AUTH", "redis-cli", "-p", port, "ping"]
+    noauth = subprocess.run(cmd, env=cstack.env, capture_output=True, text=True, timeout=60)
+    assert "NOAUTH" in noauth.stdout + noauth.stderr, noauth
+    code = (
+        "from minio import Minio; from minio.error import S3Error; import os\n"
+        "c = Minio(os.environ['GMPI_S3_ENDPOINT'], os.environ['GMPI_S3_ACCESS_KEY'],"
+        " os.environ['GMPI_S3_SECRET_KEY'], secure=False)\n"
+        "assert c.bucket_exists(os.environ['GMPI_S3_BUCKET'])\n"
+        "try:\n    c.make_bucket('gmpi-not-allowed')\nexcept S3Error as e:\n    print(e.code)\n"
+    )
+    out = subprocess.run(["docker", "exec", cstack.container("gateway")["Id"], "python", "-c", code],
+                         env=cstack.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "AccessDenied", out
 
 
 def test_the_health_command_is_not_a_constant(cstack: ContainerStack) -> None:

@@ -52,7 +52,13 @@ _CONTRACT = """GMPI_HOST GMPI_PORT GMPI_REDIS_URL GMPI_STORAGE GMPI_STORAGE_DIR 
 CONTRACT_SETTINGS = frozenset(_CONTRACT.split())
 # variables of the runtime itself that our containers may set (not GMPI settings)
 RUNTIME_ENV = frozenset({"NCCL_DEBUG", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "OMP_NUM_THREADS"})
-CRD_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("kubeflow.org/v1", "PyTorchJob")}
+CRD_KINDS = {
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
+    ("kubeflow.org/v1", "PyTorchJob"),
+}
+CRD_SCHEMAS = {"ScaledObject": "scaledobject", "TriggerAuthentication": "triggerauthentication",
+               "PyTorchJob": "pytorchjob"}  # fmt: skip
 
 
 def allowed_settings() -> frozenset[str]:
@@ -98,11 +104,24 @@ def compose_bin() -> str:
     return str(path)
 
 
-def run(cmd: list[str], *, stdin: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DOCKER_CONFIG": os.environ.get("DOCKER_CONFIG", "/nonexistent")}
+# variables compose.yaml reads besides GMPI_*/IMAGE_*/COMPOSE_* (.env.example documents them)
+COMPOSE_VARS = ("GATEWAY_", "S3_ROOT_", "S3_GATEWAY_", "S3_WORKER_", "BUILD_", "TORCH_CUDA_ARCH_LIST")
+
+
+def run(
+    cmd: list[str],
+    *,
+    stdin: str | None = None,
+    cwd: Path = REPO,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``cmd`` without this shell's GMPI_*/IMAGE_*/COMPOSE_* (and compose) variables, plus ``env``."""
+    base = {**os.environ, "DOCKER_CONFIG": os.environ.get("DOCKER_CONFIG", "/nonexistent")}
     # compose interpolates ${VAR:-default}; the checks must see the defaults, not this shell's values
-    env = {k: v for k, v in env.items() if not k.startswith(("GMPI_", "IMAGE_", "COMPOSE_"))}
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    base = {k: v for k, v in base.items() if not k.startswith(("GMPI_", "IMAGE_", "COMPOSE_", *COMPOSE_VARS))}
+    return subprocess.run(
+        cmd, input=stdin, capture_output=True, text=True, cwd=cwd, env={**base, **(env or {})}, timeout=120
+    )
 
 
 # -- Dockerfiles ------------------------------------------------------------------------------------
@@ -167,11 +186,16 @@ def dockerfile_queue(image: str) -> str | None:
 # -- compose ------------------------------------------------------------------------------------------
 
 
-def compose_config(*files: str) -> dict[str, Any]:
+def compose_config(
+    *files: str, env: dict[str, str] | None = None, profiles: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The resolved configuration (``$$`` stays escaped); ``env``: variables as if set in .env."""
     args = [compose_bin()]
     for f in files:
         args += ["-f", f]
-    res = run([*args, "config", "--format", "json"])
+    for profile in profiles:
+        args += ["--profile", profile]
+    res = run([*args, "config", "--format", "json"], env=env)
     if res.returncode != 0:
         raise AssertionError(f"compose config failed:\n{res.stderr}")
     return json.loads(res.stdout)
@@ -247,7 +271,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["check-crds"]:  # stdin: CRD objects; validate them against tests/deploy/schemas
         import jsonschema
 
-        schemas = {"ScaledObject": load_schema("scaledobject"), "PyTorchJob": load_schema("pytorchjob")}
+        schemas = {kind: load_schema(name) for kind, name in CRD_SCHEMAS.items()}
         n = 0
         for obj in yaml.safe_load_all(sys.stdin.read()):
             if obj:
