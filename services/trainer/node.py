@@ -26,6 +26,7 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from services.common.jobs import TERMINAL, JobNotFound, get_job_store
 from services.common.settings import get_settings
@@ -59,13 +60,23 @@ def holds_final_model(run: Path, steps: int) -> bool:
         return False
 
 
+def _redacted(url: str) -> str:
+    """``url`` without its password (the Redis URL carries GMPI_REDIS_PASSWORD): safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
 def run_node(job_id: str, torchrun: list[str]) -> int:
     settings = get_settings()
     jobs = get_job_store(settings.redis_url)
     try:
         rec = jobs.get(job_id)
     except JobNotFound:
-        log.error("job %s has no record in %s; nothing to train", job_id, settings.redis_url)
+        log.error("job %s has no record in %s; nothing to train", job_id, _redacted(settings.redis_url))
         return 2
     if rec["state"] in TERMINAL:
         log.info("job %s is already %s; nothing to do", job_id, rec["state"])

@@ -308,7 +308,10 @@ def _own_image(client: KubeClient, namespace: str) -> str:
     pod = os.environ.get("HOSTNAME", "")
     status, body = client.request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}")
     if status != 200:
-        raise PyTorchJobError(f"cannot read own pod {namespace}/{pod} for its image: HTTP {status} {body}")
+        raise PyTorchJobError(
+            f"cannot read own pod {namespace}/{pod} for its image: HTTP {status} {body}; set "
+            "GMPI_TRAINER_IMAGE to the trainer's image (the trainer's Role may not read pods)"
+        )
     return str(body["spec"]["containers"][0]["image"])
 
 

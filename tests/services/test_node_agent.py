@@ -195,3 +195,11 @@ def test_cancelling_a_k8s_training_deletes_its_pytorchjob(settings: Settings, mo
     with pytest.raises(JobCancelled):
         _k8s_train(ctx, nproc=8)
     assert [m for m, _ in cluster.calls] == ["POST", "GET", "DELETE"]
+
+
+def test_the_node_agent_never_logs_the_redis_password() -> None:
+    from services.trainer.node import _redacted
+
+    assert _redacted("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert _redacted("redis://gmpi:p%40ss@10.0.0.1:6379/1") == "redis://gmpi:***@10.0.0.1:6379/1"
+    assert _redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
