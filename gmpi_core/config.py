@@ -12,9 +12,127 @@ checkpoint and report, and turned into network/renderer arguments by the code th
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# --- architecture limits ------------------------------------------------------------------------------
+# Every architecture number that comes from a file (native config.json, official config.pth, StyleGAN2
+# pickle) or a config is checked against these before a network is built: a 2 KB file declaring 100 000
+# mapping layers or a million channels must be an error naming the bound, not an allocation that kills
+# the process. Each bound is the largest value of the presets / official configs with a margin.
+MAX_RESOLUTION = 2048  # img_resolution, alpha_largest_res: official max 1024 (FFHQ1024, MetFaces)
+MAX_LATENT_DIM = 1024  # z_dim, w_dim: 512 in every official config, 128 in the synthetic presets
+MAX_C_DIM = 4096  # conditioning: GMPI's D 16, class-conditional StyleGAN2 ≤ 1000
+MAX_MAPPING_LAYERS = 32  # official 8, synthetic 4
+MAX_CHANNEL_BASE = 65536  # official 32768 (16384 at 256²)
+MAX_CHANNEL_MAX = 1024  # official 512; also bounds cmap_dim (SG2 default: the 4² channel count)
+MAX_IMG_CHANNELS = 4  # grayscale 1, RGB 3, RGBA 4
+MAX_PLANES = 1024  # n_train_planes: official 32; evaluation renders 96
+MAX_Z_BINS = 4096  # depth2alpha_n_z_bins: official 256
+MAX_FP16_RES = 16  # num_fp16_res: official 4 (a count of blocks; 2048² has 10)
+MAX_MBSTD_GROUP = 256  # mbstd_group_size: official 1 (GMPI) / 4 (SG2)
+MAX_MBSTD_CHANNELS = 64  # mbstd_num_channels: official 1
+
+
+@dataclass(frozen=True)
+class ArchitectureLimits:
+    """The bounds :func:`check_architecture` applies; the defaults are the module constants above."""
+
+    max_resolution: int = MAX_RESOLUTION
+    max_latent_dim: int = MAX_LATENT_DIM
+    max_c_dim: int = MAX_C_DIM
+    max_mapping_layers: int = MAX_MAPPING_LAYERS
+    max_channel_base: int = MAX_CHANNEL_BASE
+    max_channel_max: int = MAX_CHANNEL_MAX
+    max_img_channels: int = MAX_IMG_CHANNELS
+    max_planes: int = MAX_PLANES
+    max_z_bins: int = MAX_Z_BINS
+    max_fp16_res: int = MAX_FP16_RES
+    max_mbstd_group: int = MAX_MBSTD_GROUP
+    max_mbstd_channels: int = MAX_MBSTD_CHANNELS
+
+
+def architecture_errors(kwargs: Mapping[str, Any], limits: ArchitectureLimits | None = None) -> list[str]:
+    """What is wrong with the architecture numbers among ``kwargs`` (network init kwargs; keys that are
+    not architecture numbers are ignored), each naming the bound. Empty when all are within limits."""
+    lim = limits or ArchitectureLimits()
+    ranges: dict[str, tuple[int, int, str]] = {
+        "img_resolution": (4, lim.max_resolution, "MAX_RESOLUTION"),
+        "z_dim": (0, lim.max_latent_dim, "MAX_LATENT_DIM"),
+        "w_dim": (1, lim.max_latent_dim, "MAX_LATENT_DIM"),
+        "c_dim": (0, lim.max_c_dim, "MAX_C_DIM"),
+        "img_channels": (1, lim.max_img_channels, "MAX_IMG_CHANNELS"),
+        "channel_base": (1, lim.max_channel_base, "MAX_CHANNEL_BASE"),
+        "channel_max": (1, lim.max_channel_max, "MAX_CHANNEL_MAX"),
+        "num_fp16_res": (0, lim.max_fp16_res, "MAX_FP16_RES"),
+        "mapping_layers": (1, lim.max_mapping_layers, "MAX_MAPPING_LAYERS"),
+        "alpha_largest_res": (4, lim.max_resolution, "MAX_RESOLUTION"),
+        "n_train_planes": (1, lim.max_planes, "MAX_PLANES"),
+        "depth2alpha_n_z_bins": (1, lim.max_z_bins, "MAX_Z_BINS"),
+        "cmap_dim": (0, lim.max_channel_max, "MAX_CHANNEL_MAX"),
+        "mbstd_group_size": (1, lim.max_mbstd_group, "MAX_MBSTD_GROUP"),
+        "mbstd_num_channels": (1, lim.max_mbstd_channels, "MAX_MBSTD_CHANNELS"),
+    }
+    errors = []
+    for key, (low, high, name) in ranges.items():
+        if key not in kwargs or (key == "mbstd_group_size" and kwargs[key] is None):
+            continue
+        value = kwargs[key]
+        if type(value) is not int:
+            errors.append(f"{key} must be an int, got {type(value).__name__}")
+        elif not low <= value <= high:
+            errors.append(f"{key}={_shown(value)} is outside [{low}, {high}] ({name})")
+    resolution = kwargs.get("img_resolution")
+    if type(resolution) is int and resolution > 0 and resolution & (resolution - 1):
+        errors.append(f"img_resolution must be a power of two, got {resolution}")
+    base = kwargs.get("channel_base")
+    if type(base) is int and type(resolution) is int and 0 < base < resolution <= lim.max_resolution:
+        errors.append(f"channel_base={base} leaves no channels at {resolution}² (needs >= img_resolution)")
+    if "conv_clamp" in kwargs and kwargs["conv_clamp"] is not None:
+        clamp = kwargs["conv_clamp"]
+        if not _finite(clamp, allow_inf=True) or clamp < 0:
+            errors.append(f"conv_clamp must be None or a number >= 0, got {_shown(clamp)}")
+    depths = kwargs.get("train_plane_depth_norm")
+    if depths is not None:
+        if not isinstance(depths, list | tuple) or len(depths) > lim.max_planes:
+            errors.append(
+                f"train_plane_depth_norm must be a list of at most {lim.max_planes} numbers (MAX_PLANES)"
+            )
+        elif not all(_finite(d) and abs(d) <= 1e6 for d in depths):
+            errors.append("train_plane_depth_norm must hold finite numbers")
+    return errors
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message: numbers and short strings as they are, anything else by its type."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<int of {value.bit_length()} bits>"
+    if value is None or isinstance(value, int | float | str):
+        return repr(value)[:40]
+    return type(value).__name__
+
+
+def _finite(value: Any, allow_inf: bool = False) -> bool:
+    """An int or float (not bool), not NaN, and finite unless ``allow_inf``; huge ints are not floats."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, int):
+        return value.bit_length() <= 64
+    return not math.isnan(value) and (allow_inf or math.isfinite(value))
+
+
+def check_architecture(
+    kwargs: Mapping[str, Any], *, what: str = "the architecture", limits: ArchitectureLimits | None = None
+) -> None:
+    """Raise ``ValueError`` naming every architecture number of ``kwargs`` outside its bound."""
+    errors = architecture_errors(kwargs, limits)
+    if errors:
+        raise ValueError(f"{what}: " + "; ".join(errors))
+
 
 PlaneSpacing = Literal["inverse", "uniform", "log-uniform"]
 AlphaHead = Literal["none", "normalize_add_z", "learnable_param", "depth2alpha"]
@@ -87,6 +205,11 @@ class GeneratorConfig(_Strict):
             raise ValueError(f"img_resolution must be a power of two, got {r}")
         return self
 
+    @model_validator(mode="after")
+    def _within_limits(self) -> GeneratorConfig:
+        check_architecture(self.model_dump(), what="generator")
+        return self
+
 
 class DiscriminatorConfig(_Strict):
     """Pose-conditioned StyleGAN2 resnet discriminator (spec §5). Field names equal the init kwargs."""
@@ -101,6 +224,11 @@ class DiscriminatorConfig(_Strict):
     cmap_dim: int = 16
     mbstd_group_size: int = 1
     mbstd_num_channels: int = 1
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> DiscriminatorConfig:
+        check_architecture(self.model_dump(), what="discriminator")
+        return self
 
 
 class LightingConfig(_Strict):

@@ -36,6 +36,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from gmpi_core.checkpoints.safe_pickle import safe_repr
+
 __all__ = [
     "CONFIG_FILE",
     "EMA_FILE",
@@ -60,6 +62,9 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 EMA_FILE = "ema.safetensors"
+# config.json holds the network kwargs and the experiment config (a few KB); anything far larger is refused
+# before it is parsed.
+MAX_CONFIG_BYTES = 16 << 20
 
 
 class CheckpointMismatchError(ValueError):
@@ -362,17 +367,25 @@ def read_native_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
             "leaves none). Official GMPI checkpoints (config.pth, generator.pth, ema.pth) load with "
             "load_official_gmpi(), StyleGAN2-ADA pickles with read_stylegan2_pkl()."
         )
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise NativeCheckpointError(
+            f"{path} is {size} bytes; a gmpi-native config.json is a few KB (limit MAX_CONFIG_BYTES = "
+            f"{MAX_CONFIG_BYTES})"
+        )
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise NativeCheckpointError(f"{path} nests too deeply to be a gmpi-native config") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, integers beyond the digit limit
         raise NativeCheckpointError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT_NAME:
         got = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
-        raise NativeCheckpointError(f"{path}: format is {got!r}, expected {FORMAT_NAME!r}")
+        raise NativeCheckpointError(f"{path}: format is {safe_repr(got)}, expected {FORMAT_NAME!r}")
     if cfg.get("version") != FORMAT_VERSION:
         raise NativeCheckpointError(
-            f"{path}: format version {cfg.get('version')!r} is not supported (this code reads version "
-            f"{FORMAT_VERSION}); upgrade gmpi_core"
+            f"{path}: format version {safe_repr(cfg.get('version'))} is not supported (this code reads "
+            f"version {FORMAT_VERSION}); upgrade gmpi_core"
         )
     if not isinstance(cfg.get("class"), str) or not isinstance(cfg.get("kwargs"), dict):
         raise NativeCheckpointError(f"{path}: needs a string 'class' and a 'kwargs' object")
@@ -400,15 +413,22 @@ def load_pretrained(
     cls = registry.get(cfg["class"])
     if cls is None:
         raise NativeCheckpointError(
-            f"{root / CONFIG_FILE} names the class {cfg['class']!r}, which is not a known network class; "
-            f"known: {sorted(registry)}"
+            f"{root / CONFIG_FILE} names the class {safe_repr(cfg['class'])}, which is not a known network "
+            f"class; known: {sorted(registry)}"
         )
     factory: Callable[[dict[str, Any]], nn.Module] = getattr(cls, "from_config", None) or (
         lambda kw: cls(**kw)
     )
+    from gmpi_core.config import architecture_errors
+
+    errors = architecture_errors(cfg["kwargs"])
+    if errors:
+        raise NativeCheckpointError(
+            f"{root / CONFIG_FILE}: {'; '.join(errors)}; refused before building {cfg['class']}"
+        )
     try:
         model = factory(dict(cfg["kwargs"]))
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RuntimeError) as err:
         raise NativeCheckpointError(
             f"{root / CONFIG_FILE}: cannot build {cfg['class']} from its kwargs: {err}"
         ) from None

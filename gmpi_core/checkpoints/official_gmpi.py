@@ -4,8 +4,10 @@ An official checkpoint directory holds ``config.pth`` (``{"config": <yacs config
 ``generator.pth`` (the raw ``state_dict``), ``ema.pth``/``ema2.pth`` (torch_ema states: ``decay``,
 ``num_updates``, ``shadow_params`` — a list in ``G.parameters()`` order — and ``collected_params``), plus
 discriminator/optimizer files this module does not need. Everything is read with
-``torch.load(weights_only=True)``; a ``config.pth`` that still contains yacs ``CfgNode`` objects (which
-PyTorch's weights-only unpickler cannot fill) is read with :class:`SafeUnpickler` and dict stand-ins.
+:func:`~gmpi_core.checkpoints.torch_file.load_torch_file` (allow-listed unpickling, storages checked
+against the file before allocation); yacs ``CfgNode`` objects in ``config.pth`` become dicts. Every
+architecture number of the config is checked against :mod:`gmpi_core.config`'s limits before the
+generator is built.
 
 **Evaluation quirk reproduced by default** (spec §9.1, §12.2 item 3): the official evaluation copies only the
 EMA *parameters* into a freshly built generator; buffers are not restored, so ``mapping.w_avg`` stays zero
@@ -22,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,14 @@ import torch
 from torch import Tensor
 
 from gmpi_core.checkpoints.native import CheckpointMismatchError, check_state_dict, describe_state_dict
-from gmpi_core.checkpoints.safe_pickle import ForbiddenGlobalError, SafeUnpickler
+from gmpi_core.checkpoints.safe_pickle import (
+    MAX_PICKLE_OPS,
+    MalformedPickleError,
+    UnsafePickleError,
+    plain_data,
+    safe_repr,
+)
+from gmpi_core.checkpoints.torch_file import TENSOR_GLOBALS, TorchFileError, load_torch_file
 
 if TYPE_CHECKING:
     from gmpi_core.networks import GMPIGenerator
@@ -53,7 +61,8 @@ OFFICIAL_DATASETS = {"FFHQ256": 256, "FFHQ512": 512, "FFHQ1024": 1024, "AFHQCat"
 _FMAPS = {256: 0.5, 512: 1.0, 1024: 1.0}
 # curriculum constants shared by all datasets: latent_dim, stylegan2_w_dim, generator_label_dim (spec §6.2)
 _Z_DIM, _W_DIM, _C_DIM = 512, 512, 0
-_LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
+# Opcodes a config.pth may run (an official one: a few thousand); weight files use MAX_PICKLE_OPS.
+CONFIG_MAX_OPS = 200_000
 
 
 class OfficialCheckpointError(ValueError):
@@ -91,66 +100,46 @@ _CONFIG_GLOBALS = {
 }
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_plain(v) for v in value)
-    return value
-
-
-def _unpickle_with_stand_ins(path: Path) -> Any:
-    """Read a ``torch.save`` file whose pickle names yacs classes (no tensors expected in a config)."""
-    source = f"'{path}'"
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            members = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
-            if len(members) != 1:
-                raise OfficialCheckpointError(
-                    f"{source} is a zip but not a torch.save archive (no single data.pkl)"
-                )
-            with archive.open(members[0]) as fh:
-                return SafeUnpickler(fh, _CONFIG_GLOBALS, source=source).load()  # type: ignore[arg-type]
-    with open(path, "rb") as fh:  # legacy torch.save: magic number, protocol, sys_info, then the object
-        if SafeUnpickler(fh, {}, source=source).load() != _LEGACY_TORCH_MAGIC:
-            raise OfficialCheckpointError(f"{source} is not a torch.save file")
-        SafeUnpickler(fh, {}, source=source).load()
-        SafeUnpickler(fh, {}, source=source).load()
-        return SafeUnpickler(fh, _CONFIG_GLOBALS, source=source).load()
+def _load(path: Path, what: str, **kwargs: Any) -> Any:
+    """``load_torch_file`` with its format errors as :class:`OfficialCheckpointError`; refusals of the
+    allow-list or of a limit (:class:`UnsafePickleError`) surface as they are."""
+    try:
+        return load_torch_file(path, source=f"'{path}'", **kwargs)
+    except UnsafePickleError:
+        raise
+    except (TorchFileError, MalformedPickleError, pickle.UnpicklingError) as err:
+        raise OfficialCheckpointError(f"cannot read {path} ({what}): {err}") from None
 
 
 def read_official_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The official ``config.pth`` as plain nested dicts (the value of its ``"config"`` key).
 
-    ``path`` is the file or the checkpoint directory. Loaded with ``torch.load(weights_only=True)``;
-    files holding yacs ``CfgNode`` objects fall back to :class:`SafeUnpickler` with dict stand-ins for
-    ``yacs.config.CfgNode`` and ``gmpi.utils.config.Config``. Nothing is ever fully unpickled.
+    ``path`` is the file or the checkpoint directory. Read with the allow-list unpickler: yacs
+    ``CfgNode`` / ``gmpi.utils.config.Config`` objects become dicts, nothing is ever fully unpickled, and
+    a config that is too large when expanded (shared references), too deep or cyclic is refused.
     """
     file = Path(path)
     if file.is_dir():
         file = file / "config.pth"
     if not file.is_file():
         raise OfficialCheckpointError(f"no official GMPI config at {file} (expected checkpoints/config.pth)")
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        try:
-            obj = _unpickle_with_stand_ins(file)
-        except ForbiddenGlobalError:
-            raise
-        except (EOFError, pickle.UnpicklingError) as err:
-            raise OfficialCheckpointError(
-                f"cannot read {file}: truncated or not a torch.save file ({err})"
-            ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise OfficialCheckpointError(f"cannot read {file}: {err}") from None
-    obj = _plain(obj)
+    obj = _load(
+        file,
+        "the config",
+        allowed_globals=_CONFIG_GLOBALS,
+        buildable=(_ConfigNode,),
+        max_ops=CONFIG_MAX_OPS,
+    )
+    obj = plain_data(obj, what="the config", source=f"'{file}'")
     if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict):
-        got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        got = (
+            sorted(safe_repr(k, 40) for k in list(obj)[:20]) if isinstance(obj, dict) else type(obj).__name__
+        )
         raise OfficialCheckpointError(
             f"{file} is not an official GMPI config.pth (expected {{'config': {{...}}}}, got {got})"
         )
-    return obj["config"]
+    config: dict[str, Any] = obj["config"]
+    return config
 
 
 def _section(cfg: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -171,31 +160,60 @@ def _alpha_head(cond: str, embed: str) -> str:
     if cond == "normalize_add_z" and embed in ("modulated_lrelu", "learnable_param"):
         return "normalize_add_z" if embed == "modulated_lrelu" else "learnable_param"
     raise OfficialCheckpointError(
-        f"unsupported official GMPI variant torgba_cond_on_pos_enc={cond!r}, "
-        f"torgba_cond_on_pos_enc_embed_func={embed!r}; supported: none, depth2alpha, normalize_add_z with "
-        "modulated_lrelu or learnable_param"
+        f"unsupported official GMPI variant torgba_cond_on_pos_enc={safe_repr(cond)}, "
+        f"torgba_cond_on_pos_enc_embed_func={safe_repr(embed)}; supported: none, depth2alpha, "
+        "normalize_add_z with modulated_lrelu or learnable_param"
     )
 
 
+def _as_int(value: Any, what: str) -> int:
+    """An integer from the config: ints, or floats with an integral value (never via float(int))."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, float) or not value.is_integer():
+        raise OfficialCheckpointError(f"official config: {what} must be an integer, got {safe_repr(value)}")
+    return int(value)
+
+
+def _as_str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise OfficialCheckpointError(f"official config: {what} must be a string, got {safe_repr(value)}")
+    return value
+
+
+def _options(value: Any, what: str) -> dict[str, Any]:
+    if value is None or (type(value) in (dict, list, tuple, str, int, bool) and not value):
+        return {}
+    if not isinstance(value, dict):
+        raise OfficialCheckpointError(f"official config: {what} must be a dict, got {safe_repr(value)}")
+    return value
+
+
 def official_generator_kwargs(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(dataset, ``GMPIGenerator`` kwargs) from an official config, as ``train.py`` builds G (spec §4.1)."""
+    """(dataset, ``GMPIGenerator`` kwargs) from an official config, as ``train.py`` builds G (spec §4.1).
+
+    Every architecture number is checked against :func:`gmpi_core.config.check_architecture`'s limits.
+    """
     train = _section(cfg, "GMPI", "TRAIN")
     mpi = _section(cfg, "GMPI", "MPI")
     sg2 = _section(cfg, "GMPI", "MODEL", "STYLEGAN2")
     dataset = train.get("dataset")
-    if dataset not in OFFICIAL_DATASETS:
+    if not isinstance(dataset, str) or dataset not in OFFICIAL_DATASETS:
         raise OfficialCheckpointError(
-            f"official config names dataset {dataset!r}; expected one of {list(OFFICIAL_DATASETS)}"
+            f"official config names dataset {safe_repr(dataset)}; expected one of {list(OFFICIAL_DATASETS)}"
         )
-    resolution = int(sg2.get("max_out_dim", OFFICIAL_DATASETS[dataset]))
+    resolution = _as_int(sg2.get("max_out_dim", OFFICIAL_DATASETS[dataset]), "max_out_dim")
     if resolution != OFFICIAL_DATASETS[dataset]:
         raise OfficialCheckpointError(
-            f"official config: max_out_dim={resolution} contradicts dataset {dataset} "
+            f"official config: max_out_dim={safe_repr(resolution)} contradicts dataset {dataset} "
             f"({OFFICIAL_DATASETS[dataset]})"
         )
     alpha_head = _alpha_head(
-        str(sg2.get("torgba_cond_on_pos_enc", "normalize_add_z")),
-        str(sg2.get("torgba_cond_on_pos_enc_embed_func", "modulated_lrelu")),
+        _as_str(sg2.get("torgba_cond_on_pos_enc", "normalize_add_z"), "torgba_cond_on_pos_enc"),
+        _as_str(
+            sg2.get("torgba_cond_on_pos_enc_embed_func", "modulated_lrelu"),
+            "torgba_cond_on_pos_enc_embed_func",
+        ),
     )
     # Options our generator implements only at their paper values (spec §4.2-§4.4).
     fixed: dict[str, Any] = {
@@ -209,18 +227,18 @@ def official_generator_kwargs(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]
     if alpha_head == "learnable_param":
         fixed.update(cond_on_pos_enc_only_alpha=True, background_alpha_full=True)
     for key, value in fixed.items():
-        if key in sg2 and sg2[key] != value:
+        if key in sg2 and not (type(sg2[key]) in (int, float, str, bool) and sg2[key] == value):
             raise OfficialCheckpointError(
-                f"official config sets GMPI.MODEL.STYLEGAN2.{key}={sg2[key]!r}; this re-implementation "
-                f"supports only {value!r} (the paper setting)"
+                f"official config sets GMPI.MODEL.STYLEGAN2.{key}={safe_repr(sg2[key])}; this "
+                f"re-implementation supports only {value!r} (the paper setting)"
             )
-    if train.get("normalized_xyz_range", "01") != "01":
+    xyz_range = train.get("normalized_xyz_range", "01")
+    if xyz_range != "01":
         raise OfficialCheckpointError(
-            f"official config sets normalized_xyz_range={train['normalized_xyz_range']!r}; "
-            "only '01' is supported"
+            f"official config sets normalized_xyz_range={safe_repr(xyz_range)}; only '01' is supported"
         )
-    synthesis = sg2.get("synthesis_kwargs") or {}
-    mapping = sg2.get("mapping_kwargs") or {}
+    synthesis = _options(sg2.get("synthesis_kwargs"), "GMPI.MODEL.STYLEGAN2.synthesis_kwargs")
+    mapping = _options(sg2.get("mapping_kwargs"), "GMPI.MODEL.STYLEGAN2.mapping_kwargs")
     high_res = resolution > 128  # fp16 and clamping only above 128² (train.py, spec §4.1)
     kwargs: dict[str, Any] = dict(
         z_dim=_Z_DIM,
@@ -228,22 +246,43 @@ def official_generator_kwargs(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]
         w_dim=_W_DIM,
         img_resolution=resolution,
         img_channels=3,
-        channel_base=int(_FMAPS[resolution] * int(synthesis.get("channel_base", 32768))),
-        channel_max=int(synthesis.get("channel_max", 512)),
+        channel_base=_scaled(
+            _as_int(synthesis.get("channel_base", 32768), "channel_base"), _FMAPS[resolution]
+        ),
+        channel_max=_as_int(synthesis.get("channel_max", 512), "channel_max"),
         num_fp16_res=4 if high_res else 0,
         conv_clamp=256 if high_res else None,
-        mapping_layers=int(mapping.get("num_layers", 8)),
+        mapping_layers=_as_int(mapping.get("num_layers", 8), "mapping_kwargs.num_layers"),
         alpha_head=alpha_head,
-        alpha_largest_res=int(sg2.get("gen_alpha_largest_res", 256)),
-        n_train_planes=int(mpi.get("n_gen_planes", 32)),
-        depth2alpha_n_z_bins=int(mpi.get("depth2alpha_n_z_bins") or 256),
+        alpha_largest_res=_as_int(sg2.get("gen_alpha_largest_res", 256), "gen_alpha_largest_res"),
+        n_train_planes=_as_int(mpi.get("n_gen_planes", 32), "n_gen_planes"),
+        depth2alpha_n_z_bins=_as_int(_z_bins(mpi.get("depth2alpha_n_z_bins")), "depth2alpha_n_z_bins"),
     )
+    _check_limits(kwargs)
     if alpha_head == "learnable_param":  # the tokens belong to the training planes' depths
-        method = str(mpi.get("distance_sample_method", "inverse"))
+        method = _as_str(mpi.get("distance_sample_method", "inverse"), "distance_sample_method")
         kwargs["train_plane_depth_norm"] = _training_plane_depth_norm(
             dataset, kwargs["n_train_planes"], method
         )
     return str(dataset), kwargs
+
+
+def _scaled(channel_base: int, fmaps: float) -> int:
+    """``int(fmaps * channel_base)`` (train.py) in integer arithmetic: a huge base must not overflow."""
+    return channel_base // 2 if fmaps == 0.5 else channel_base
+
+
+def _z_bins(value: Any) -> Any:
+    return 256 if value is None or (type(value) in (int, float) and not value) else value  # 0/None: default
+
+
+def _check_limits(kwargs: dict[str, Any]) -> None:
+    from gmpi_core.config import check_architecture
+
+    try:
+        check_architecture(kwargs, what="official config")
+    except ValueError as err:
+        raise OfficialCheckpointError(f"{err}; refused before building the generator") from None
 
 
 def _training_plane_depth_norm(dataset: str, n_planes: int, method: str) -> list[float]:
@@ -272,17 +311,16 @@ def _training_plane_depth_norm(dataset: str, n_planes: int, method: str) -> list
 def _torch_load(path: Path, what: str) -> Any:
     if not path.is_file():
         raise OfficialCheckpointError(f"{path} is missing; an official checkpoint directory holds {what}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise OfficialCheckpointError(f"cannot read {path} ({what}) with weights_only=True: {err}") from None
+    return _load(path, what, allowed_globals=TENSOR_GLOBALS, max_ops=MAX_PICKLE_OPS)
 
 
 def _read_generator_state(path: Path) -> dict[str, Tensor]:
     state = _torch_load(path, "the generator state_dict")
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(
+        type(k) is str and isinstance(v, Tensor) for k, v in dict.items(state)
+    ):
         raise OfficialCheckpointError(f"{path} is not a state_dict (a mapping of names to tensors)")
-    return dict(state)
+    return dict(dict.items(state))
 
 
 def _parameter_order(G: torch.nn.Module, generator_state: dict[str, Tensor] | None) -> list[str]:
@@ -303,9 +341,11 @@ def _parameter_order(G: torch.nn.Module, generator_state: dict[str, Tensor] | No
 
 def _ema_parameters(path: Path, G: torch.nn.Module, order: list[str]) -> tuple[dict[str, Tensor], int | None]:
     ema = _torch_load(path, "the torch_ema state (decay, num_updates, shadow_params, collected_params)")
-    shadow = ema.get("shadow_params") if isinstance(ema, dict) else None
+    shadow = dict.get(ema, "shadow_params") if isinstance(ema, dict) else None
     if not isinstance(shadow, list | tuple) or not all(isinstance(t, Tensor) for t in shadow):
-        got = sorted(ema) if isinstance(ema, dict) else type(ema).__name__
+        got = (
+            sorted(safe_repr(k, 40) for k in list(ema)[:20]) if isinstance(ema, dict) else type(ema).__name__
+        )
         raise OfficialCheckpointError(
             f"{path} is not a torch_ema state with a shadow_params list (got {got})"
         )
@@ -328,8 +368,10 @@ def _ema_parameters(path: Path, G: torch.nn.Module, order: list[str]) -> tuple[d
             f"{path}: {len(wrong)} EMA tensors do not fit the generator built from config.pth: {shown}. "
             "The EMA list is positional (G.parameters() order); a wrong variant or resolution shifts it."
         )
-    steps = ema.get("num_updates")
-    return dict(zip(order, shadow)), (int(steps) if steps is not None else None)
+    steps = dict.get(ema, "num_updates")
+    if steps is not None and (type(steps) is not int or steps < 0):
+        raise OfficialCheckpointError(f"{path}: num_updates is {safe_repr(steps)}, not a step count")
+    return dict(zip(order, shadow)), steps
 
 
 def _short(G: torch.nn.Module) -> str:
@@ -354,7 +396,10 @@ def load_official_gmpi(
         root = root.parent
     cfg = read_official_config(root / "config.pth")
     dataset, kwargs = official_generator_kwargs(cfg)
-    G = GMPIGenerator(**kwargs)
+    try:
+        G = GMPIGenerator(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise OfficialCheckpointError(f"cannot build the generator config.pth describes: {err}") from None
 
     generator_file = root / "generator.pth"
     generator_state = None
