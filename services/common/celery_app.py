@@ -10,6 +10,7 @@ never imports torch.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery import Celery
@@ -36,6 +37,40 @@ ROUTES = {
 }
 
 
+class GmpiCelery(Celery):
+    """The Celery app whose broker and result backend follow the settings (``GMPI_REDIS_URL``) at the time
+    a task is sent, not at the time the module was first imported: a process that imported the app
+    before its settings were final (a test session, a tool that changes the environment) sends to the
+    broker its settings name now. Workers' settings never change, so for them this is one comparison."""
+
+    _follow_lock = threading.Lock()
+
+    def follow_settings(self) -> None:
+        """Point the broker and the result backend at ``get_settings().redis_url`` if they point elsewhere
+        (dropping the connection pool, the producer pool and the cached backends of the old one)."""
+        url = get_settings().redis_url
+        if self.conf.broker_url == url and self.conf.result_backend == url:
+            return
+        with self._follow_lock:
+            if self.conf.broker_url == url and self.conf.result_backend == url:
+                return
+            pool: Any = self.__dict__.get("_pool")
+            self.__dict__["_pool"] = None  # Celery makes a new pool (for the new URL) on next use
+            if pool is not None:
+                pool.force_close_all()
+            amqp = self.__dict__.get("amqp")
+            if amqp is not None:
+                amqp._producer_pool = None
+            self.conf.broker_url = url
+            self.conf.result_backend = url
+            self._backend_cache = None
+            self._local = threading.local()
+
+    def send_task(self, *args: Any, **kwargs: Any) -> Any:
+        self.follow_settings()
+        return super().send_task(*args, **kwargs)
+
+
 def make_app() -> Celery:
     s = get_settings()
     if s.visibility_timeout_s <= s.task_time_limit_s:
@@ -43,7 +78,7 @@ def make_app() -> Celery:
             f"GMPI_VISIBILITY_TIMEOUT_S ({s.visibility_timeout_s}) must exceed GMPI_TASK_TIME_LIMIT_S "
             f"({s.task_time_limit_s}), else Redis re-delivers tasks that are still running"
         )
-    app = Celery("gmpi", broker=s.redis_url, backend=s.redis_url, include=list(TASK_MODULES))
+    app = GmpiCelery("gmpi", broker=s.redis_url, backend=s.redis_url, include=list(TASK_MODULES))
     transport = {"visibility_timeout": s.visibility_timeout_s}
     app.conf.update(
         task_routes=ROUTES,

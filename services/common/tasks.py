@@ -13,7 +13,6 @@ import logging
 import shutil
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,17 +158,24 @@ def run_job(job_id: str, fn: Callable[[JobContext], Any], *, final: bool = True,
     except TRANSIENT:
         raise  # Celery retries with backoff (autoretry_for); the job stays running
     except Exception as exc:
+        # the traceback goes to the worker's log, never to the client: clients get a code, a message and
+        # the structured details an exception chose to carry (e.g. a data check's list of bad images)
         log.exception("job %s failed", job_id)
-        code = (
-            "invalid_input" if isinstance(exc, (JobInputError, ValueError, FileNotFoundError)) else "internal"
-        )
+        code = getattr(exc, "code", None)
+        if not isinstance(code, str) or not code:
+            code = (
+                "invalid_input"
+                if isinstance(exc, (JobInputError, ValueError, FileNotFoundError))
+                else "internal"
+            )
+        details = getattr(exc, "details", None)
         jobs.transition(
             job_id,
             "failed",
             error={
                 "code": code,
-                "message": str(exc) or type(exc).__name__,
-                "details": traceback.format_exc()[-2000:],
+                "message": (str(exc) or type(exc).__name__)[:8000],
+                "details": details if isinstance(details, (dict, list)) else None,
             },
         )
         return None

@@ -118,4 +118,8 @@ def evaluate(ctx: JobContext) -> dict[str, Any]:
         "skipped": report["skipped"],
         "counts": report["counts"],
         "report": keys[0],
+        # quick/debug/reduced counts: the protocol's own label (report.json and summary.txt carry it too)
+        "mode": report.get("mode", "full"),
+        "comparable_to_paper": bool(report.get("comparable_to_paper", False)),
+        "notice": report.get("notice"),
     }

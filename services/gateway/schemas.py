@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from gmpi_core.config import PRESETS
 
@@ -162,6 +162,11 @@ class TrainParams(Strict):
     )
     gpus: int | None = Field(None, ge=1, le=1024, description="GPUs wanted (above one node's: Kubernetes)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    skip_bad: bool = Field(
+        False,
+        description="train without the images the data check finds bad (unreadable, truncated, wrong size, "
+        "no pose) instead of failing the job with their list (`gmpi train --skip-bad`)",
+    )
 
     @field_validator("preset")
     @classmethod
@@ -176,6 +181,11 @@ class EvalParams(Strict):
     dataset_id: Id | None = Field(None, description="real images for FID/KID")
     metrics: list[MetricName] = Field(default_factory=_all_metrics, min_length=1)
     debug: bool = Field(False, description="the protocol's small debug counts")
+    quick: bool = Field(
+        False,
+        description="smoke-test counts (`gmpi eval --quick`: minutes on a CPU); the report is labelled "
+        "comparable_to_paper: false",
+    )
     n_fid: int | None = Field(None, ge=2, le=100_000)
     n_real: int | None = Field(None, ge=2, le=100_000)
     n_identity: int | None = Field(None, ge=1, le=100_000)
@@ -193,6 +203,13 @@ class EvalParams(Strict):
         description="also store the geometry renders as jobs/{id}/geometry.zip (the input of "
         "Deep3DFaceRecon, whose outputs a dataset can then carry as ground truth 'deep3dface')",
     )
+
+    @field_validator("quick")
+    @classmethod
+    def _one_mode(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("debug"):
+            raise ValueError("quick and debug are two sets of small counts: choose one")
+        return v
 
     def options(self) -> dict[str, Any]:
         out = self.model_dump(exclude={"model_id", "dataset_id"}, exclude_none=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,94 @@ def render_view(
     from gmpi_core.render.io import depth_to_uint8, to_uint8
 
     gmpi, mpi = get_mpi(model_id, seed, psi, planes)
-    image, depth = gmpi.render(mpi, yaw=yaw, pitch=pitch, size=size, out_of_bounds="clamp")
+    try:
+        image, depth = gmpi.render(mpi, yaw=yaw, pitch=pitch, size=size, out_of_bounds="clamp")
+    except ValueError:
+        problem = unrenderable_view(gmpi, mpi, yaw, pitch, size)
+        if problem is None:
+            raise
+        return {"error": problem}  # the gateway answers 422 unrenderable_view (not a worker crash)
     cam = gmpi.config.camera
     array = to_uint8(image[0]) if kind == "rgb" else depth_to_uint8(depth[0], cam.d_near, cam.d_far)
     return {"png": base64.b64encode(_png(array)).decode(), "width": array.shape[1], "height": array.shape[0]}
+
+
+def _view_problem(gmpi: Any, mpi: Any, yaw: float, pitch: float, size: int) -> str | None:
+    """Why the renderer refuses the view (its own geometry check: a plane at or behind the camera, or
+    rays that never reach the planes), or None when it renders."""
+    from gmpi_core.mpi.render import _check_geometry
+
+    cam = gmpi.config.camera
+    try:
+        _check_geometry(gmpi.cameras(yaw, pitch), mpi.plane_dhw, cam.fov_deg, size, "clamp")
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _largest_ok(ok: Any, top: float, iterations: int = 40) -> float | None:
+    """The largest x in [0, top] with ok(x), for ok that holds up to a limit and fails beyond; None when
+    not even ok(0)."""
+    if not ok(0.0):
+        return None
+    if ok(top):
+        return top
+    lo, hi = 0.0, top
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def unrenderable_view(
+    gmpi: Any, mpi: Any, yaw: float, pitch: float, size: int | None
+) -> dict[str, Any] | None:
+    """Why a view of the camera sphere cannot be rendered and which views can, or None when it can.
+
+    On the sphere (centre (0, 0, c), radius r) the camera sits at z = c − r·cos(pitch)·cos(yaw) and looks at
+    the centre: as |yaw| (or |pitch|) grows it first looks past the planes (its optical axis more than
+    90° − fov/2 away from +Z, some rays never reach them) and then passes the nearest plane (z ≥ d_near).
+    The limits come from the renderer's own check, at the requested pitch (and at yaw 0 for the pitch)."""
+    side = int(size or 64)  # the check's corner rays barely depend on the pixel count
+    reason = _view_problem(gmpi, mpi, yaw, pitch, side)
+    if reason is None:
+        return None
+    half_pi = math.pi / 2
+    max_yaw = _largest_ok(lambda y: _view_problem(gmpi, mpi, y, pitch, side) is None, half_pi)
+    max_pitch = _largest_ok(
+        lambda p: _view_problem(gmpi, mpi, 0.0, math.copysign(p, pitch or 1.0), side) is None, half_pi
+    )
+    cam = gmpi.config.camera
+    trained_yaw, trained_pitch = cam.yaw_range, cam.pitch_range
+    if max_yaw is not None:
+        works = f"at pitch {pitch:.4f} every |yaw| <= {max_yaw:.4f} rad renders"
+    else:
+        at_zero = max_pitch or 0.0
+        works = f"no yaw renders at pitch {pitch:.4f}; at yaw 0 every |pitch| <= {at_zero:.4f} rad does"
+    message = (
+        f"the view yaw {yaw:.4f} rad, pitch {pitch:.4f} rad cannot be rendered from this model's MPI: "
+        f"{reason}. {works}; the model was trained on yaw in [{trained_yaw[0]:.3f}, {trained_yaw[1]:.3f}] "
+        f"and pitch in [{trained_pitch[0]:.3f}, {trained_pitch[1]:.3f}] rad (views far outside look worse)"
+    )
+    return {
+        "code": "unrenderable_view",
+        "message": message,
+        "details": {
+            "yaw": yaw,
+            "pitch": pitch,
+            "reason": reason,
+            "max_abs_yaw_at_pitch": max_yaw,
+            "max_abs_pitch_at_yaw_0": max_pitch,
+            "trained_yaw_range": list(trained_yaw),
+            "trained_pitch_range": list(trained_pitch),
+            "camera": {
+                "sphere_center_z": cam.sphere_center_z,
+                "sphere_radius": cam.sphere_radius,
+                "d_near": cam.d_near,
+                "fov_deg": cam.fov_deg,
+            },
+        },
+    }
 
 
 @app.task(name="gmpi.render.mpi", autoretry_for=TRANSIENT, max_retries=2)

@@ -14,6 +14,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from typing import Any
 from services.common.artifacts import MODEL_FILES, fetch_dataset_images, fetch_dataset_poses
 from services.common.keys import job_prefix, model_prefix
 from services.common.storage import ObjectNotFound
-from services.common.tasks import JobCancelled, JobContext, job_task
+from services.common.tasks import JobCancelled, JobContext, JobInputError, job_task
 
 log = logging.getLogger("gmpi.trainer")
 POLL_S = 0.5
@@ -62,7 +63,49 @@ def train_args(ctx: JobContext, data: Path, poses: Path | None, run: Path) -> li
     for flag in ("batch", "planes", "seed"):
         if p.get(flag) is not None:
             args += [f"--{flag}", str(p[flag])]
+    if p.get("skip_bad"):
+        args.append("--skip-bad")
     return args
+
+
+# what gmpi_core.train refuses to start on (the data check, before the first step): the CLI prints
+# "gmpi train: error: <TrainingError>" and exits 2
+_CLI_ERROR = "gmpi train: error: "
+_DATA_REFUSALS = ("the training data has ", "the training data cannot be used")
+
+
+class BadTrainingData(JobInputError):
+    """The data check refused the dataset; the message is the check's report (the bad images).
+    ``code``/``details`` are what the job record's error carries (run_job reads them)."""
+
+    code = "bad_training_data"
+
+    def __init__(self, message: str, bad_keys: list[str]) -> None:
+        super().__init__(message)
+        self.details = {"bad_images": bad_keys}
+
+
+# lines of torchrun/torch logging after the child's message (not part of the check's report)
+_NOT_REPORT = re.compile(r"^(\[gmpi train\]|Traceback|[EWI]\d{4} |=+$|\[rank|torch\.distributed)")
+# a problem line of DataCheck.format: "  <kind>  <key>: <detail>  [<where>]"
+_PROBLEM = re.compile(r"^  \S+\s+(.+?): .*\[.*\]$")
+
+
+def data_check_refusal(log_text: str) -> tuple[str, list[str]] | None:
+    """The trainer's refusal of the dataset (the data check's report) and the bad image keys, or None."""
+    at = log_text.rfind(_CLI_ERROR)
+    if at < 0:
+        return None
+    message = log_text[at + len(_CLI_ERROR) :]
+    if not message.startswith(_DATA_REFUSALS):
+        return None
+    keep: list[str] = []
+    for ln in message.splitlines():
+        if keep and _NOT_REPORT.match(ln):
+            break
+        keep.append(ln.rstrip())
+    bad = [m.group(1) for ln in keep if (m := _PROBLEM.match(ln))]
+    return "\n".join(keep).strip(), bad
 
 
 def train_command(ctx: JobContext, data: Path, poses: Path | None, run: Path, nproc: int) -> list[str]:
@@ -312,7 +355,15 @@ def supervise(ctx: JobContext, cmd: list[str], run: Path, up: _Uploader) -> None
             _kill_group(proc)
             raise
     if proc.returncode != 0:
-        tail = (run / "train.log").read_text(errors="replace")[-1500:]
+        text = (run / "train.log").read_text(errors="replace")
+        refusal = data_check_refusal(text)
+        if refusal is not None:
+            report, bad = refusal
+            hint = 'replace or remove them, or train without them: submit the job with "skip_bad": true'
+            report = re.sub(r"replace or remove them, or train without them: --skip-bad.*", hint, report)
+            message = f"dataset '{ctx.params['dataset_id']}' failed the data check: {report}"
+            raise BadTrainingData(message[:8000], bad)
+        tail = text[-1500:]
         raise RuntimeError(f"gmpi train exited with status {proc.returncode}:\n{tail}")
     up.checkpoints()
     up.log(force=True)

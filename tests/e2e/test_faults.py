@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Stack
+from tests.timing import scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -32,7 +33,7 @@ def _tiny_training(trained: dict[str, Any], *, steps: int, ckpt_every: int) -> d
 
 
 def _wait_gone(job_id: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while _trainer_processes(job_id) and time.monotonic() < deadline:
         time.sleep(0.3)
     assert not _trainer_processes(job_id), f"training processes of {job_id} still alive"
@@ -95,7 +96,7 @@ def test_an_upload_is_retried_while_s3_is_down_for_a_few_seconds(stack: Stack, s
         time.sleep(3)
     finally:
         stack.sh("start-s3")
-    t.join(90)
+    t.join(scaled(90))
     r = result["response"]
     assert r.status_code == 200, r.text
     assert r.json()["images"].endswith("images.zip")

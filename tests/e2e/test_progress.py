@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.conftest import TERMINAL, Stack, upload_dataset
 from tests.services.groundtruth_data import deep3dface_zip, zip_of
+from tests.timing import scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 DONE = {"message": "done", "stage": "done", "eta_s": 0.0}
@@ -23,7 +24,7 @@ DONE = {"message": "done", "stage": "done", "eta_s": 0.0}
 def watch(s: Stack, job_id: str, timeout: float = 300) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Poll the job through the API (20 per second) until it ends; → (the final job, the distinct
     progress snapshots seen while it was running)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     seen: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         job = s.client.get(f"/v1/jobs/{job_id}").json()
@@ -34,7 +35,7 @@ def watch(s: Stack, job_id: str, timeout: float = 300) -> tuple[dict[str, Any], 
         if job["state"] == "running" and (not seen or job["progress"] != seen[-1]):
             seen.append(job["progress"])
         time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end in {timeout} s: {seen[-3:]}")
+    raise AssertionError(f"job {job_id} did not end in {scaled(timeout):.0f} s: {seen[-3:]}")
 
 
 def assert_finished(job: dict[str, Any]) -> None:

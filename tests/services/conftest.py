@@ -11,8 +11,14 @@ from fastapi.testclient import TestClient
 
 from services.common.settings import Settings, get_settings
 from tests.services.procs import ACCESS, SECRET, RedisServer, S3Server
+from tests.timing import scale_timeout_markers, scaled
 
 KEY = {"X-API-Key": "good-key"}  # one of GMPI_API_KEYS below
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Per-test limits (``pytest.mark.timeout``) grow with the load like every wait (tests/timing.py)."""
+    scale_timeout_markers(items)
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +50,7 @@ def settings(
         "GMPI_CACHE_DIR": str(tmp_path / "cache"),
         "GMPI_MAX_UPLOAD_BYTES": "200000",
         "GMPI_RENDER_RATE_LIMIT": "3",
+        "GMPI_RENDER_TIMEOUT_S": str(int(scaled(300))),  # a sync render under load: not the default 30 s
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

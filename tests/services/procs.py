@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.timing import scaled
+
 ACCESS, SECRET = "test-access", "test-secret-123"
 
 
@@ -22,6 +24,7 @@ def free_port() -> int:
 
 
 def wait_port(port: int, timeout: float = 30.0) -> None:
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

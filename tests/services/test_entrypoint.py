@@ -11,6 +11,7 @@ import pytest
 
 import services.__main__ as entry
 from services.common.storage import DirStorage
+from tests.timing import scaled
 
 DEMO = Path(entry.__file__).resolve().parents[1] / "gmpi_core" / "assets" / "demo_model"
 
@@ -53,12 +54,12 @@ def test_worker_health_pings_its_own_node(settings, tmp_path: Path) -> None:
 
     def health() -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "services", "health"], env=env, capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+                              text=True, timeout=scaled(60))  # fmt: skip
 
     worker = subprocess.Popen([sys.executable, "-m", "services", "worker", "pose"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + scaled(90)
         result = health()
         while result.returncode != 0 and time.monotonic() < deadline:
             time.sleep(1)

@@ -17,6 +17,7 @@ from services.common.jobs import JobStore
 from services.common.settings import Settings
 from services.common.storage import get_storage
 from services.trainer.node import holds_final_model, with_job_args
+from tests.timing import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,7 +64,7 @@ def _run_nodes(job_id: str, caches: list[Path]) -> list[str]:
             "-m", "gmpi_core.train.cli",
         ]  # fmt: skip
         procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True))
-    logs = [p.communicate(timeout=400)[1] for p in procs]
+    logs = [p.communicate(timeout=scaled(400))[1] for p in procs]
     for p, err in zip(procs, logs, strict=True):
         assert p.returncode == 0, err[-4000:]
     return logs

@@ -88,6 +88,9 @@ def render(
         celery, "gmpi.render.view", {"model_id": model_id, **body.model_dump()}, settings.render_timeout_s
     )
     RENDER_SECONDS.labels(body.kind).observe(time.perf_counter() - t0)
+    if isinstance(out, dict) and "error" in out:  # a view the MPI cannot show (e.g. |yaw| near π/2)
+        err = out["error"]
+        raise ApiError(422, err.get("code", "unrenderable_view"), err.get("message", ""), err.get("details"))
     return Response(
         base64.b64decode(out["png"]),
         media_type="image/png",
