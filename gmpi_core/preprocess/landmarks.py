@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gmpi prep landmarks",
         description="5 facial landmarks per image with MTCNN, in the official GMPI layout (spec §8.1).\n"
         "MTCNN finds faces of 20 px or more (min_face_size): for the synthetic heads use 64² images or\n"
-        "larger (at 32² a head is ~16 px wide and about a quarter of them are missed).",
+        "larger (at 32² a head is ~16 px wide and about one in five of them is missed).",
         epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -3,15 +3,24 @@
 Three cascaded networks — P-Net (fully convolutional 12×12 proposals over an image pyramid), R-Net
 (24×24 refinement) and O-Net (48×48 output with landmarks) — with the trained weights shipped inside the
 ``facenet-pytorch`` wheel (``facenet_pytorch/data/{pnet,rnet,onet}.pt``, converted from the original
-Caffe model; the same model as the ipazc ``mtcnn`` package the official code used). Only those weight
-files are read; the package itself is never imported (it needs torchvision):
+Caffe model; array for array the weights of the ipazc ``mtcnn`` package the official code used). Only
+those weight files are read; the package itself is never imported (it needs torchvision):
 
     pip install --no-deps facenet-pytorch
+
+Everything around the networks reproduces the original GMPI's detector — ``mtcnn`` 0.1.1 (TensorFlow) with
+OpenCV's INTER_AREA resizing — step for step: uint8 pyramid levels, level sizes, crops, box rounding, NMS
+arithmetic and order, and the original's quirks, each marked ``original:`` where it is reproduced. Only
+the networks' float32 arithmetic differs (PyTorch vs TensorFlow, ~1e-6), so the landmark files are the
+original's unless a value falls within that of a pixel edge or a threshold
+(``tests/gmpi_core/preprocess/test_mtcnn_original.py`` compares them with files the original wrote,
+``scripts/reference/mtcnn_original.py``).
 
 Coordinates are continuous pixel units with the origin at the top-left corner of the top-left pixel
 (pixel ``(i, j)`` covers ``[j, j+1) × [i, i+1)``). Boxes are ``[x1, y1, x2, y2]``. Landmarks are
 ``box_left + p · box_width`` (and likewise in y) exactly as MTCNN reports them, in its order: left eye,
-right eye, nose, mouth left, mouth right — "left" meaning the image's left side.
+right eye, nose, mouth left, mouth right — "left" meaning the image's left side. (Inside, the detector
+works on the original's 1-based inclusive pixel boxes: see "box geometry".)
 
     >>> detector = MTCNN.pretrained()
     >>> faces = detector.detect([image_uint8_hw3])[0]          # all faces, best first
@@ -22,11 +31,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -44,12 +54,16 @@ __all__ = [
     "apply_box_regression",
     "area_resample",
     "batched_nms",
+    "crop_resize",
     "find_weights_dir",
     "integral_image",
     "nms",
     "pairwise_overlap",
     "pnet_boxes",
     "pyramid_scales",
+    "pyramid_size",
+    "resize_area_columns",
+    "resize_area_u8",
     "snap_to_pixels",
     "square_boxes",
 ]
@@ -178,72 +192,327 @@ def find_weights_dir() -> Path:
     )
 
 
+# --- OpenCV's INTER_AREA, reproduced (the original resizes everything with cv2.resize(..., INTER_AREA)) ---
+#
+# cv2.resize measures the scale as 1 / (dst / src) in double precision and then takes one of three paths:
+# both scales whole numbers → block sums ("area fast"); both ≥ 1 → true area weights, computed per output
+# pixel with float32 weights and 1e-3 tolerances at the cell edges; otherwise (some axis grows) a bilinear
+# interpolation with "area" coefficients. Ours follow the same rules with our own code, so that the uint8
+# pyramid levels are identical to OpenCV's (4.5.5 and 5.0 checked) and the float64 crops agree to float64
+# rounding.
+
+
+def _opencv_scale(src: int, dst: int) -> float:
+    return 1.0 / (dst / src)
+
+
+def _area_fast(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[int, int] | None:
+    """(k_y, k_x) when OpenCV's whole-number "area fast" path applies (both scales ≥ 1 and integral)."""
+    ks = []
+    for src, dst in zip(src_hw, dst_hw):
+        scale = _opencv_scale(src, dst)
+        k = round(scale)  # saturate_cast<int>: round half to even, as Python's round
+        if scale < 1 or abs(scale - k) >= float(np.finfo(np.float64).eps):
+            return None
+        ks.append(k)
+    return ks[0], ks[1]
+
+
+def _inverse_f32(area: int) -> np.float32:
+    """OpenCV's ``1.f/area``: the float32 quotient."""
+    return np.float32(1.0) / np.float32(area)
+
+
+def _area_cells(src: int, dst: int) -> list[tuple[int, int, int, float, float, float]]:
+    """OpenCV's area weights along one axis, per output pixel: (first, lo, hi, w_first, w_mid, w_last) = the
+    partly covered source pixel ``first`` = lo − 1, the fully covered pixels [lo, hi), the partly covered
+    pixel hi — each weight a float32 (0.0: no such tap)."""
+    scale = _opencv_scale(src, dst)
+    cells = []
+    for d in range(dst):
+        f1 = d * scale
+        f2 = f1 + scale
+        cell = min(scale, src - f1)
+        hi = min(math.floor(f2), src - 1)
+        lo = min(math.ceil(f1), hi)
+        # cell edges closer than 1e-3 to a pixel edge ignore the sliver (OpenCV's tolerance)
+        w_first = float(np.float32((lo - f1) / cell)) if lo - f1 > 1e-3 else 0.0
+        w_mid = float(np.float32(1.0 / cell))
+        w_last = float(np.float32(min(f2 - hi, 1.0, cell) / cell)) if f2 - hi > 1e-3 else 0.0
+        cells.append((lo - 1, lo, hi, w_first, w_mid, w_last))
+    return cells
+
+
+@functools.lru_cache(maxsize=512)
+def _area_taps(src: int, dst: int) -> tuple[Tensor, Tensor]:
+    """The same weights as taps in OpenCV's summation order: index [dst, T] long, weight [dst, T] float32
+    (padded with weight 0 at index 0)."""
+    rows = []
+    for first, lo, hi, w_first, w_mid, w_last in _area_cells(src, dst):
+        taps = [(first, w_first)] if w_first else []
+        taps += [(s, w_mid) for s in range(lo, hi)]
+        taps += [(hi, w_last)] if w_last else []
+        rows.append(taps)
+    width = max(len(t) for t in rows)
+    index = torch.zeros(dst, width, dtype=torch.long)
+    weight = torch.zeros(dst, width, dtype=torch.float32)
+    for d, taps in enumerate(rows):
+        for t, (s, w) in enumerate(taps):
+            index[d, t], weight[d, t] = s, w
+    return index, weight
+
+
+def resize_area_u8(images: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """``cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)`` of uint8 images when shrinking,
+    reproduced exactly: float32 sums in OpenCV's order, rounded half to even (saturate_cast<uchar>), 2×2
+    blocks as (a + b + c + d + 2) >> 2.
+
+    images [B, C, H, W] float32 holding 0..255 integers → [B, C, h, w] float32 holding 0..255 integers."""
+    b, c, h, w = images.shape
+    out = resize_area_columns(images.permute(3, 2, 0, 1).reshape(w, h, b * c).contiguous(), out_hw)
+    return out.reshape(*out_hw, b, c).permute(2, 3, 0, 1)
+
+
+def resize_area_columns(columns: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """``resize_area_u8`` on images stored column-major, columns [W, H, N] (N = B·C) → [h, w, N]: each tap
+    is then a copy of whole rows of memory (transpose once, resize to every pyramid level)."""
+    w, h, n = columns.shape
+    oh, ow = out_hw
+    if oh > h or ow > w:
+        raise ValueError(f"resize_area_u8 only shrinks: {h}×{w} → {oh}×{ow}")
+    fast = _area_fast((h, w), (oh, ow))
+    if fast is not None:  # also the same size: OpenCV copies, blocks of 1 × 1 do too
+        ky, kx = fast
+        sums = columns[: ow * kx, : oh * ky].reshape(ow, kx, oh, ky, n).to(torch.int64).sum((1, 3))
+        if (ky, kx) == (2, 2):
+            blocks = ((sums + 2) >> 2).to(torch.float32)
+        else:
+            blocks = torch.round(sums.to(torch.float32) * float(_inverse_f32(kx * ky))).clamp_(0, 255)
+        return blocks.transpose(0, 1)
+    ix, wx = _area_taps(w, ow)
+    iy, wy = _area_taps(h, oh)
+    across = torch.zeros(ow, h, n)
+    for t in range(ix.shape[1]):  # one tap at a time: each product and sum rounded to float32 as OpenCV's
+        across = across + columns.index_select(0, ix[:, t]) * wx[:, t, None, None]
+    across = across.transpose(0, 1).contiguous()  # [H, ow, N]
+    out = wy[:, 0, None, None] * across.index_select(0, iy[:, 0])
+    for t in range(1, iy.shape[1]):
+        out = out + wy[:, t, None, None] * across.index_select(0, iy[:, t])
+    return torch.round(out).clamp_(0, 255)  # torch.round: half to even, as cvRound
+
+
+def _shrink_matrix(n: int, out: int, mode: str) -> Tensor:
+    """Shrinking one axis of an ``n``-pixel crop to ``out`` pixels as a matrix [out, n] of OpenCV's weights
+    (float32 values in float64): whole-number blocks of ones (``"fast"``) or the area weights."""
+    matrix = torch.zeros(out, n, dtype=torch.float64)
+    if mode == "fast":
+        k = round(_opencv_scale(n, out))
+        for d in range(out):
+            matrix[d, d * k : d * k + k] = 1.0
+        return matrix
+    for d, (first, lo, hi, w_first, w_mid, w_last) in enumerate(_area_cells(n, out)):
+        if w_first:
+            matrix[d, first] = w_first
+        matrix[d, lo:hi] = w_mid
+        if w_last:
+            matrix[d, hi] = w_last
+    return matrix
+
+
+def _linear_axis(n: int, out: int, columns: bool) -> tuple[Tensor, Tensor]:
+    """OpenCV's INTER_AREA when some axis grows: per output pixel two source pixels [out, 2] and their
+    float32 weights [out, 2] (float64), with OpenCV's "area" coefficients."""
+    scale, inv = _opencv_scale(n, out), out / n
+    taps, weights = [], []
+    for d in range(out):
+        s = math.floor(d * scale)
+        f = np.float32((d + 1) - (s + 1) * inv)
+        f = np.float32(0.0) if f <= 0 else np.float32(f - np.float32(math.floor(f)))
+        if columns and s >= n - 1:
+            s, f = n - 1, np.float32(0.0)  # the last column alone
+        taps.append([s, min(s + 1, n - 1)])  # rows: the row below the last is the last
+        weights.append([float(np.float32(1.0) - f), float(f)])
+    return torch.tensor(taps, dtype=torch.long), torch.tensor(weights, dtype=torch.float64)
+
+
+class _CropTable(NamedTuple):
+    """How cv2.resize turns a tmph × tmpw crop into size × size. ``linear`` (some axis grows): ``rows`` and
+    ``cols`` are two taps per output pixel [size, 2], with their weights [size, 2]. Shrinking: ``rows`` and
+    ``cols`` are the weight matrices [size, tmph] and [size, tmpw] (``_shrink_matrix``). ``post``: the final
+    factor (``1.f/area`` on OpenCV's whole-number path, else 1)."""
+
+    linear: bool
+    rows: Tensor
+    row_weights: Tensor
+    cols: Tensor
+    col_weights: Tensor
+    post: float
+
+
+@functools.lru_cache(maxsize=4096)
+def _crop_table(tmph: int, tmpw: int, size: int) -> _CropTable:
+    fast = _area_fast((tmph, tmpw), (size, size))
+    if fast is None and (tmph < size or tmpw < size):
+        ty, wy = _linear_axis(tmph, size, columns=False)
+        tx, wx = _linear_axis(tmpw, size, columns=True)
+        return _CropTable(True, ty, wy, tx, wx, 1.0)
+    mode = "fast" if fast is not None else "area"
+    post = float(_inverse_f32(fast[0] * fast[1])) if fast is not None else 1.0
+    unused = torch.zeros(0)
+    return _CropTable(
+        False, _shrink_matrix(tmph, size, mode), unused, _shrink_matrix(tmpw, size, mode), unused, post
+    )
+
+
+def crop_resize(image: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """The original's crops: each 1-based inclusive box [X1, Y1, X2, Y2] (whole numbers) cut from the image,
+    zero outside it, resized to size × size as ``cv2.resize(float64 crop, INTER_AREA)`` does. Shrinking:
+    OpenCV's float32 weights as matrices, applied in float64 (OpenCV's result to float64 rounding; whole-
+    number blocks exactly); enlarging: OpenCV's two-tap interpolation in its order (identical).
+
+    image [C, H, W] (0..255), boxes [K, 4] → float64 [K, C, size, size]."""
+    c, h, w = image.shape
+    boxes = boxes.to(torch.long).reshape(-1, 4)
+    out = torch.zeros(boxes.shape[0], c, size, size, dtype=torch.float64)
+    if boxes.shape[0] == 0:
+        return out
+    pixels = image.to(torch.float64)
+    dims, inverse = torch.unique(boxes[:, [3, 2]] - boxes[:, [1, 0]] + 1, dim=0, return_inverse=True)
+    tables = [_crop_table(th, tw, size) for th, tw in dims.tolist()]
+    corners = boxes[:, :2].tolist()
+    stretched = []
+    for u, ((th, tw), table) in enumerate(zip(dims.tolist(), tables)):
+        members = torch.nonzero(inverse == u).flatten().tolist()
+        if table.linear:
+            stretched += members
+            continue
+        inside, crops = [], []
+        for i in members:
+            # crop pixel p is image pixel (X1 − 1) + p; the parts outside the image are zeros
+            left, top = corners[i][0] - 1, corners[i][1] - 1
+            if top >= 0 and left >= 0 and top + th <= h and left + tw <= w:
+                inside.append(i)
+                crops.append(pixels[:, top : top + th, left : left + tw])
+                continue
+            r0, r1, c0, c1 = max(0, -top), min(th, h - top), max(0, -left), min(tw, w - left)
+            if r1 > r0 and c1 > c0:
+                crop = pixels[:, top + r0 : top + r1, left + c0 : left + c1]
+                out[i] = table.rows[:, r0:r1] @ (crop @ table.cols[:, c0:c1].T) * table.post
+        # along the rows first, as OpenCV (exact: float32 weights times whole numbers), then down the columns
+        if crops:
+            out[inside] = table.rows @ (torch.stack(crops) @ table.cols.T) * table.post
+    if stretched:
+        rows = torch.tensor(stretched)
+        picked = [tables[u] for u in inverse[rows].tolist()]
+        # crop pixel p is image pixel (X1 − 1) + p
+        ty = torch.stack([t.rows for t in picked]) + (boxes[rows, 1] - 1)[:, None, None]
+        tx = torch.stack([t.cols for t in picked]) + (boxes[rows, 0] - 1)[:, None, None]
+        wy = torch.stack([t.row_weights for t in picked])
+        wx = torch.stack([t.col_weights for t in picked])
+        out[rows] = _crop_linear(pixels, ty, wy, tx, wx)
+    return out
+
+
+def _crop_linear(pixels: Tensor, ty: Tensor, wy: Tensor, tx: Tensor, wx: Tensor) -> Tensor:
+    """Enlarging crops: pixels [C, H, W] float64, two taps [k, size, 2] per output row and column and their
+    weights → [k, C, size, size], summed in OpenCV's order (along each row, then down)."""
+    c, h, w = pixels.shape
+    k, size = ty.shape[:2]
+    flat = pixels.permute(1, 2, 0).reshape(h * w, c)  # gathers copy one pixel's channels
+    index = ty.clamp(0, h - 1)[:, :, :, None, None] * w + tx.clamp(0, w - 1)[:, None, None, :, :]
+    inside = ((ty >= 0) & (ty < h))[:, :, :, None, None] & ((tx >= 0) & (tx < w))[:, None, None, :, :]
+    values = flat[index.flatten()].reshape(k, size, 2, size, 2, c)
+    values = torch.where(inside[..., None], values, 0.0)  # zero outside the image
+    cols = wx[:, None, None, :, :, None]
+    across = values[:, :, :, :, 0] * cols[..., 0, :] + values[:, :, :, :, 1] * cols[..., 1, :]
+    down = across[:, :, 0] * wy[:, :, 0, None, None] + across[:, :, 1] * wy[:, :, 1, None, None]
+    return down.permute(0, 3, 1, 2)
+
+
 # --- box geometry (pure functions) ---------------------------------------------------------------------
+#
+# Boxes of the detector are the original's: 1-based pixel indices, inclusive ([X1, Y1, X2, Y2] covers
+# pixels X1..X2), float64. Each quirk of mtcnn 0.1.1 that moves a landmark is reproduced and marked
+# "original:". In our 0-based continuous coordinates the box is [X1 − 1, Y1 − 1, X2, Y2].
 
 
 def pyramid_scales(
     height: int, width: int, min_face_size: float = 20.0, factor: float = 0.709
 ) -> list[float]:
     """Image-pyramid scales: a face of ``min_face_size`` px becomes P-Net's 12 px window at the first
-    scale 12/min_face_size; each next scale is ``factor`` times smaller while the short side stays ≥ 12."""
+    scale 12/min_face_size; each next scale is ``factor`` times smaller while the short side stays ≥ 12
+    (the short side multiplied by ``factor`` step by step, as the original)."""
     first = PNET_WINDOW / min_face_size
     short = min(height, width) * first
     scales = []
     k = 0
-    while short * factor**k >= PNET_WINDOW:
+    while short >= PNET_WINDOW:
         scales.append(first * factor**k)
+        short = short * factor
         k += 1
     return scales
 
 
 def pyramid_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """Size (h, w) of pyramid level ``scale``: ⌊h·s + 1⌋ × ⌊w·s + 1⌋, as MTCNN resizes."""
-    return int(height * scale + 1), int(width * scale + 1)
+    """Size (h, w) of pyramid level ``scale``: ⌈h·s⌉ × ⌈w·s⌉ (original: ceil, not ⌊h·s + 1⌋ — they differ
+    when h·s is a whole number, e.g. a side that is a multiple of 5 at s = 0.6)."""
+    return math.ceil(height * scale), math.ceil(width * scale)
 
 
 def pnet_boxes(prob: Tensor, offsets: Tensor, scale: float, threshold: float) -> Tensor:
-    """Candidate boxes from the pyramid level at ``scale``.
+    """Candidate boxes of one image's pyramid level at ``scale``.
 
-    prob [N, H', W'], offsets [N, 4, H', W'] → [K, 10] rows (image index, x1, y1, x2, y2, score, dx1, dy1,
-    dx2, dy2) for every cell with prob ≥ threshold. The box is the cell's 12×12 window mapped back to the
-    image with MTCNN's own (1-based, MATLAB) rounding: first pixel ⌊(2j + 1)/s⌋, last pixel ⌊(2j + 12)/s⌋.
-    In our 0-based edges that is x1 = ⌊(2j + 1)/s⌋ − 1, x2 = ⌊(2j + 12)/s⌋; it sits up to 1/s − 1 px inside
-    the exact window on the left/top, and we keep it because the later stages were tuned on it (using the
-    exact window moves the astronaut's final box top by 4 px and its landmarks by 1 px)."""
-    n, i, j = torch.nonzero(prob >= threshold, as_tuple=True)
-    x1 = torch.floor((PNET_STRIDE * j + 1).to(prob.dtype) / scale) - 1
-    y1 = torch.floor((PNET_STRIDE * i + 1).to(prob.dtype) / scale) - 1
-    x2 = torch.floor((PNET_STRIDE * j + PNET_WINDOW).to(prob.dtype) / scale)
-    y2 = torch.floor((PNET_STRIDE * i + PNET_WINDOW).to(prob.dtype) / scale)
-    reg = offsets[n, :, i, j]
-    return torch.cat([torch.stack([n.to(prob.dtype), x1, y1, x2, y2, prob[n, i, j]], dim=1), reg], dim=1)
+    prob [H', W'] float32, offsets [4, H', W'] → float64 [K, 9] rows (X1, Y1, X2, Y2, score, dx1, dy1, dx2,
+    dy2) for every cell with prob ≥ threshold (compared in float32), in the original's order: by column,
+    then by row. Cell (i, j) is the 12×12 window mapped back to 1-based pixels X1 = fix((2j + 1)/s),
+    X2 = fix((2j + 12)/s)."""
+    j, i = torch.nonzero(prob.transpose(0, 1) >= threshold, as_tuple=True)  # by column, as the original
+    # original: when a level has exactly one cell above the threshold it flips its transposed regression
+    # maps upside down first, and so reads the offsets of the cell mirrored left-right
+    reg = offsets[:, i, prob.shape[1] - 1 - j if i.numel() == 1 else j]
+    cell = torch.stack([j, i], dim=1).to(torch.float64)
+    q1 = torch.trunc((PNET_STRIDE * cell + 1) / scale)
+    q2 = torch.trunc((PNET_STRIDE * cell + PNET_WINDOW) / scale)
+    return torch.cat([q1, q2, prob[i, j, None].double(), reg.T.double()], dim=1)
 
 
-def apply_box_regression(boxes: Tensor, offsets: Tensor) -> Tensor:
-    """Refined boxes: each edge moves by its offset times the box's width (x) or height (y).
+def apply_box_regression(boxes: Tensor, offsets: Tensor, inclusive: bool = False) -> Tensor:
+    """Refined boxes: each edge moves by its offset times the box's width (x) or height (y), the width
+    being x2 − x1 (+ 1 with ``inclusive``, for 1-based inclusive boxes).
 
     boxes [K, 4] (x1, y1, x2, y2), offsets [K, 4] (dx1, dy1, dx2, dy2) → [K, 4]."""
-    size = (boxes[:, 2:4] - boxes[:, 0:2]).repeat(1, 2)
+    size = (boxes[:, 2:4] - boxes[:, 0:2] + (1 if inclusive else 0)).repeat(1, 2)
     return boxes + offsets * size
 
 
 def square_boxes(boxes: Tensor) -> Tensor:
-    """The square with the box's centre and side max(width, height). boxes [K, 4] → [K, 4]."""
-    centre = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
-    half = (boxes[:, 2:4] - boxes[:, 0:2]).max(dim=1, keepdim=True).values / 2
-    return torch.cat([centre - half, centre + half], dim=1)
+    """The square with the box's centre and side l = max(x2 − x1, y2 − y1): x1' = x1 + (x2 − x1)/2 − l/2,
+    x2' = x1' + l (the original's arithmetic, in its order). boxes [K, 4] → [K, 4]."""
+    size = boxes[:, 2:4] - boxes[:, 0:2]
+    side = size.max(dim=1, keepdim=True).values
+    corner = boxes[:, 0:2] + size * 0.5 - side * 0.5
+    return torch.cat([corner, corner + side], dim=1)
 
 
 def snap_to_pixels(boxes: Tensor) -> Tensor:
-    """Corners moved down to whole pixels: MTCNN's crops are whole-pixel windows. [K, 4] → [K, 4]."""
-    return torch.floor(boxes)
+    """Corners truncated to whole pixels, toward zero (original: ``np.fix`` of 1-based corners; a box past
+    the top/left edge has corners ≤ 0, which move right/down, not left/up as with floor). [K, 4] → [K, 4]."""
+    return torch.trunc(boxes)
 
 
-def pairwise_overlap(a: Tensor, b: Tensor, mode: NmsMode) -> Tensor:
+def pairwise_overlap(a: Tensor, b: Tensor, mode: NmsMode, inclusive: bool = False) -> Tensor:
     """Overlap of every box of ``a`` [K, 4] with every box of ``b`` [M, 4]: intersection over union
-    (``"union"``) or over the smaller of the two areas (``"min"``). → [K, M]."""
+    (``"union"``) or over the smaller of the two areas (``"min"``). → [K, M].
+
+    ``inclusive``: 1-based inclusive boxes, every extent + 1 — exactly the original's arithmetic (no other
+    guard: a degenerate box gives what the original gets)."""
     lo = torch.maximum(a[:, None, :2], b[None, :, :2])
     hi = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    if inclusive:
+        inter = (hi - lo + 1).clamp(min=0).prod(dim=2)
+        area_a = ((a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1))[:, None]
+        area_b = ((b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1))[None, :]
+        return inter / (area_a + area_b - inter if mode == "union" else torch.minimum(area_a, area_b))
     inter = (hi - lo).clamp(min=0).prod(dim=2)
     area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)[:, None]
     area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)[None, :]
@@ -252,20 +521,33 @@ def pairwise_overlap(a: Tensor, b: Tensor, mode: NmsMode) -> Tensor:
 
 
 def nms(
-    boxes: Tensor, scores: Tensor, threshold: float, mode: NmsMode = "union", max_matrix: int = 2048
+    boxes: Tensor,
+    scores: Tensor,
+    threshold: float,
+    mode: NmsMode = "union",
+    max_matrix: int = 2048,
+    inclusive: bool = False,
 ) -> Tensor:
     """Greedy non-maximum suppression: repeatedly keep the highest-scoring remaining box and drop every
-    remaining box whose overlap with it (``pairwise_overlap``) exceeds ``threshold``.
+    remaining box whose overlap with it (``pairwise_overlap``) is not ≤ ``threshold``.
 
-    boxes [K, 4], scores [K] → indices [M] of the kept boxes, by decreasing score (ties: lower index).
-    Up to ``max_matrix`` boxes the K × K overlaps are computed at once, beyond that one row per kept box."""
+    boxes [K, 4], scores [K] → indices [M] of the kept boxes, by decreasing score. Equal scores are taken in
+    the reverse of numpy's default ``argsort`` order of the float64 scores, as the original does (its
+    quicksort is not stable: the order among ties depends on the numpy build). Up to ``max_matrix`` boxes
+    the K × K overlaps are computed at once, beyond that one row per kept box."""
     if mode not in ("union", "min"):
         raise ValueError(f"unknown NMS mode '{mode}'; choose one of union, min")
-    order = torch.sort(scores, descending=True, stable=True).indices
+    if scores.numel() == 0:
+        return torch.zeros(0, dtype=torch.long)
+    order = torch.from_numpy(np.argsort(scores.detach().double().cpu().numpy())[::-1].copy())
     boxes = boxes[order]
     keep = []
     remaining = torch.arange(order.numel())
-    suppress = pairwise_overlap(boxes, boxes, mode) > threshold if order.numel() <= max_matrix else None
+    suppress = (
+        ~(pairwise_overlap(boxes, boxes, mode, inclusive) <= threshold)
+        if order.numel() <= max_matrix
+        else None
+    )
     while remaining.numel() > 0:
         best = remaining[0]
         keep.append(best)
@@ -273,8 +555,10 @@ def nms(
         if suppress is not None:
             remaining = rest[~suppress[best, rest]]
         else:
-            remaining = rest[pairwise_overlap(boxes[best][None], boxes[rest], mode)[0] <= threshold]
-    return order[torch.stack(keep)] if keep else torch.zeros(0, dtype=torch.long)
+            remaining = rest[
+                pairwise_overlap(boxes[best][None], boxes[rest], mode, inclusive)[0] <= threshold
+            ]
+    return order[torch.stack(keep)]
 
 
 def batched_nms(
@@ -305,7 +589,8 @@ def integral_image(images: Tensor) -> Tensor:
 
 
 def area_resample(integral: Tensor, boxes: Tensor, out_hw: tuple[int, int]) -> Tensor:
-    """Exact box-filter (area) resampling of rectangles, as cv2's INTER_AREA does when shrinking.
+    """Exact box-filter (area) resampling of rectangles with real-valued corners (a general tool; the
+    detector uses ``resize_area_u8`` and ``crop_resize``, which follow OpenCV's rounding instead).
 
     The image is piecewise constant, so its integral is bilinear inside each pixel: sampling the
     summed-area table bilinearly at the corners of every output cell gives the exact mean over the
@@ -333,8 +618,8 @@ def area_resample(integral: Tensor, boxes: Tensor, out_hw: tuple[int, int]) -> T
 
 
 def normalise_pixels(x: Tensor) -> Tensor:
-    """uint8-range pixels → MTCNN's input range: (x − 127.5) / 128."""
-    return (x - 127.5) / 128.0
+    """uint8-range pixels → MTCNN's input range: (x − 127.5) · 0.0078125 (exact in float32 and float64)."""
+    return (x - 127.5) * 0.0078125
 
 
 # --- detector ------------------------------------------------------------------------------------------
@@ -370,8 +655,9 @@ class FaceDetections:
 
 
 class MTCNN(nn.Module):
-    """The three-stage cascade. Images are processed as a batch: P-Net runs once per pyramid level on all
-    images of the same size, R-Net and O-Net once per stage on the crops of all images.
+    """The three-stage cascade, step for step as mtcnn 0.1.1 (the original GMPI's detector). Images are
+    processed as a batch: P-Net runs once per pyramid level on all images of the same size, R-Net and
+    O-Net once per stage on the crops of all images; boxes and NMS are per image, in float64.
 
     ``min_face_size``: smallest face searched for (px); ``scale_factor``: pyramid step; ``thresholds``:
     face-probability thresholds of P-, R-, O-Net; ``nms_thresholds``: overlap thresholds of the NMS within
@@ -426,64 +712,72 @@ class MTCNN(nn.Module):
 
     # -- stages --
 
-    def _propose(self, integral: Tensor) -> Tensor:
-        """Stage 1 on same-size images (``integral_image`` [B, 3, H+1, W+1] of 0..255 pixels) → candidates
-        [K, 5] (image, x1, y1, x2, y2)."""
-        b, h, w = integral.shape[0], integral.shape[2] - 1, integral.shape[3] - 1
-        per_level = []
+    def _propose(self, batch: Tensor) -> list[Tensor]:
+        """Stage 1 on same-size images (float32 [B, 3, H, W] of 0..255 integers) → per image the candidate
+        boxes [K, 4] (1-based inclusive, whole numbers, float64)."""
+        b, c, h, w = batch.shape
+        columns = batch.permute(3, 2, 0, 1).reshape(w, h, b * c).contiguous()  # see resize_area_columns
+        per_image: list[list[Tensor]] = [[] for _ in range(b)]
         for scale in pyramid_scales(h, w, self.min_face_size, self.scale_factor):
+            # original: each level is a uint8 image (cv2.resize INTER_AREA, rounded), not float averages
             lh, lw = pyramid_size(h, w, scale)
-            full = torch.tensor([0.0, 0.0, w, h], dtype=torch.float64).expand(b, 1, 4)
-            level = area_resample(integral, full, (lh, lw))[:, 0]
+            level = resize_area_columns(columns, (lh, lw)).reshape(lh, lw, b, c).permute(2, 3, 0, 1)
             prob, offsets = self.pnet(normalise_pixels(level))
-            cand = pnet_boxes(prob, offsets, scale, self.thresholds[0])
-            keep = batched_nms(cand[:, 1:5], cand[:, 5], cand[:, 0].long(), self.nms_thresholds[0])
-            per_level.append(cand[keep])
-        cand = torch.cat(per_level) if per_level else torch.zeros(0, 10)
-        keep = batched_nms(cand[:, 1:5], cand[:, 5], cand[:, 0].long(), self.nms_thresholds[1])
-        cand = cand[keep]
-        boxes = snap_to_pixels(square_boxes(apply_box_regression(cand[:, 1:5], cand[:, 6:10])))
-        return _non_empty(torch.cat([cand[:, :1], boxes], dim=1))
+            for i in range(b):
+                cand = pnet_boxes(prob[i], offsets[i], scale, self.thresholds[0])
+                per_image[i].append(
+                    cand[nms(cand[:, :4], cand[:, 4], self.nms_thresholds[0], inclusive=True)]
+                )
+        proposals = []
+        for levels in per_image:
+            cand = torch.cat(levels) if levels else torch.zeros(0, 9, dtype=torch.float64)
+            cand = cand[nms(cand[:, :4], cand[:, 4], self.nms_thresholds[1], inclusive=True)]
+            # original: stage 1 measures its 1-based boxes as x2 − x1 (one pixel less than stages 2 and 3)
+            boxes = square_boxes(apply_box_regression(cand[:, :4], cand[:, 5:9], inclusive=False))
+            proposals.append(_croppable(snap_to_pixels(boxes)))  # original: np.fix, toward zero
+        return proposals
 
-    def _crops(self, integrals: list[Tensor], cand: Tensor, size: int) -> Tensor:
-        """Normalised crops [K, 3, size, size] of candidates [K, 5] (image, box) from per-image integrals."""
-        out = torch.zeros(cand.shape[0], 3, size, size)
-        index = cand[:, 0].long()
-        for i, integral in enumerate(integrals):
-            rows = torch.nonzero(index == i).flatten()
-            if rows.numel():
-                out[rows] = area_resample(integral, cand[rows, 1:5][None], (size, size))[0]
-        return normalise_pixels(out)
+    def _run(
+        self, net: nn.Module, images: list[Tensor], boxes: list[Tensor], size: int
+    ) -> list[list[Tensor]]:
+        """``net`` on the size × size crops of every image's boxes → per image its outputs."""
+        crops = [crop_resize(image, b, size) for image, b in zip(images, boxes)]
+        x = normalise_pixels(torch.cat(crops)).to(torch.float32)  # original: float64 crops, fed as float32
+        outs = [net(x[a : a + self.max_batch]) for a in range(0, x.shape[0], self.max_batch)]
+        merged = [torch.cat(parts) for parts in zip(*outs)] if outs else []
+        counts = [int(b.shape[0]) for b in boxes]
+        return [list(parts) for parts in zip(*(m.split(counts) for m in merged))] if merged else []
 
-    def _chunked(self, net: nn.Module, crops: Tensor) -> list[Tensor]:
-        outs = [net(crops[a : a + self.max_batch]) for a in range(0, crops.shape[0], self.max_batch)]
-        return [torch.cat(parts) for parts in zip(*outs)]
+    def _refine(self, images: list[Tensor], boxes: list[Tensor]) -> list[Tensor]:
+        """Stage 2: R-Net on 24×24 crops → per image the refined square boxes (float64, 1-based)."""
+        if sum(b.shape[0] for b in boxes) == 0:
+            return boxes
+        refined = []
+        for cand, (prob, offsets) in zip(boxes, self._run(self.rnet, images, boxes, 24)):
+            ok = prob > self.thresholds[1]  # float32 comparison, as the original's numpy
+            cand, score, reg = cand[ok], prob[ok].double(), offsets[ok].double()
+            keep = nms(cand, score, self.nms_thresholds[2], inclusive=True)
+            refined.append(square_boxes(apply_box_regression(cand[keep], reg[keep], inclusive=True)))
+        return refined
 
-    def _refine(self, integrals: list[Tensor], cand: Tensor) -> Tensor:
-        """Stage 2: R-Net on 24×24 crops → surviving candidates [K', 5]."""
-        if cand.shape[0] == 0:
-            return cand
-        prob, offsets = self._chunked(self.rnet, self._crops(integrals, cand, 24))
-        ok = prob > self.thresholds[1]
-        cand, prob, offsets = cand[ok], prob[ok], offsets[ok]
-        keep = batched_nms(cand[:, 1:5], prob, cand[:, 0].long(), self.nms_thresholds[2])
-        cand, offsets = cand[keep], offsets[keep]
-        boxes = snap_to_pixels(square_boxes(apply_box_regression(cand[:, 1:5], offsets)))
-        return _non_empty(torch.cat([cand[:, :1], boxes], dim=1))
-
-    def _output(self, integrals: list[Tensor], cand: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Stage 3: O-Net on 48×48 crops → (image index [M], boxes [M, 4], probs [M], landmarks [M, 5, 2])."""
-        if cand.shape[0] == 0:
-            return cand[:, 0].long(), cand[:, 1:5], cand[:, 0], cand.new_zeros(0, 5, 2)
-        prob, offsets, points = self._chunked(self.onet, self._crops(integrals, cand, 48))
-        ok = prob > self.thresholds[2]
-        cand, prob, offsets, points = cand[ok], prob[ok], offsets[ok], points[ok]
-        boxes = cand[:, 1:5]
-        size = boxes[:, 2:4] - boxes[:, 0:2]
-        landmarks = boxes[:, None, 0:2] + torch.stack([points[:, :5], points[:, 5:]], dim=2) * size[:, None]
-        boxes = apply_box_regression(boxes, offsets)
-        keep = batched_nms(boxes, prob, cand[:, 0].long(), self.nms_thresholds[3], mode="min")
-        return cand[keep, 0].long(), boxes[keep], prob[keep], landmarks[keep]
+    def _output(self, images: list[Tensor], boxes: list[Tensor]) -> list[FaceDetections]:
+        """Stage 3: O-Net on 48×48 crops → per image the faces, in the original's order (its NMS order)."""
+        boxes = [_croppable(snap_to_pixels(b)) for b in boxes]  # original: np.fix, toward zero
+        if sum(b.shape[0] for b in boxes) == 0:
+            return [_no_faces() for _ in boxes]
+        results = []
+        for cand, (prob, offsets, points) in zip(boxes, self._run(self.onet, images, boxes, 48)):
+            ok = prob > self.thresholds[2]
+            cand, score, reg, points = cand[ok], prob[ok].double(), offsets[ok].double(), points[ok].double()
+            size = cand[:, 2:4] - cand[:, 0:2] + 1
+            # original: w·p + X1 − 1 in float64, stored in float32 (the files hold int() of that)
+            landmarks = torch.stack([points[:, :5], points[:, 5:]], dim=2) * size[:, None] + cand[:, None, :2]
+            landmarks = (landmarks - 1).to(torch.float32).double()
+            regressed = apply_box_regression(cand, reg, inclusive=True)
+            keep = nms(regressed, score, self.nms_thresholds[3], mode="min", inclusive=True)
+            corners = regressed[keep] - torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)  # 0-based
+            results.append(FaceDetections(corners.numpy(), score[keep].numpy(), landmarks[keep].numpy()))
+        return results
 
     @torch.no_grad()
     def detect(self, images: Sequence[np.ndarray]) -> list[FaceDetections]:
@@ -492,35 +786,21 @@ class MTCNN(nn.Module):
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, t in enumerate(tensors):
             by_size.setdefault((t.shape[1], t.shape[2]), []).append(i)
-        integrals: list[Tensor] = [torch.empty(0)] * len(tensors)
-        proposals = []
+        proposals: list[Tensor] = [torch.empty(0)] * len(tensors)
         for members in by_size.values():
-            batch = integral_image(torch.stack([tensors[i] for i in members]))
-            cand = self._propose(batch)
-            cand[:, 0] = torch.tensor(members, dtype=cand.dtype)[cand[:, 0].long()]
-            proposals.append(cand)
-            for k, i in enumerate(members):
-                integrals[i] = batch[k : k + 1]
-        cand = torch.cat(proposals) if proposals else torch.zeros(0, 5)
-        index, boxes, probs, landmarks = self._output(integrals, self._refine(integrals, cand))
-        results = []
-        for i in range(len(tensors)):
-            rows = torch.nonzero(index == i).flatten()
-            rows = rows[torch.sort(probs[rows], descending=True, stable=True).indices]
-            results.append(
-                FaceDetections(
-                    boxes[rows].double().numpy(),
-                    probs[rows].double().numpy(),
-                    landmarks[rows].double().numpy(),
-                )
-            )
-        return results
+            for i, boxes in zip(members, self._propose(torch.stack([tensors[i] for i in members]))):
+                proposals[i] = boxes
+        return self._output(tensors, self._refine(tensors, proposals))
 
 
-def _non_empty(cand: Tensor) -> Tensor:
-    """Candidates [K, 5] (image, x1, y1, x2, y2) whose box has positive width and height (a regression can
-    turn a box inside out)."""
-    return cand[(cand[:, 3] > cand[:, 1]) & (cand[:, 4] > cand[:, 2])]
+def _croppable(boxes: Tensor) -> Tensor:
+    """Boxes [K, 4] (1-based inclusive) at least one pixel wide and high. A regression can turn a box
+    inside out; the original then fails on the whole image (a numpy error or no face), we drop the box."""
+    return boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
+
+
+def _no_faces() -> FaceDetections:
+    return FaceDetections(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
 
 
 def _image_tensor(image: np.ndarray, position: int) -> Tensor:
