@@ -27,13 +27,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from services.common import zips
 from services.common.keys import InvalidKeyError, dataset_prefix, validate_key
 
 GroundTruthKind = Literal["synthetic", "deep3dface"]
@@ -73,11 +72,10 @@ def _root(names: list[str], marker: str) -> str:
     return ""
 
 
-def _safe_names(z: zipfile.ZipFile) -> list[str]:
+def _safe_names(files: list[zipfile.ZipInfo]) -> list[str]:
+    """The file members' names (already checked by ``zips.check_entries``), under the key rules too."""
     names = []
-    for info in z.infolist():
-        if info.is_dir():
-            continue
+    for info in files:
         try:
             validate_key(info.filename, what="zip member")
         except InvalidKeyError as e:
@@ -87,10 +85,15 @@ def _safe_names(z: zipfile.ZipFile) -> list[str]:
 
 
 def _read_json(z: zipfile.ZipFile, name: str) -> Any:
-    if z.getinfo(name).file_size > MAX_MEMBER_BYTES:
+    info = z.getinfo(name)
+    if info.file_size > MAX_MEMBER_BYTES:
         raise GroundTruthError(f"{name} is larger than {MAX_MEMBER_BYTES} bytes")
     try:
-        return json.loads(z.read(name).decode("utf-8"))
+        data = zips.read_member(z, info, MAX_MEMBER_BYTES)  # counted: the declared size may lie
+    except zips.UnsafeZipError as e:
+        raise GroundTruthError(str(e)) from e
+    try:
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GroundTruthError(f"{name} is not valid JSON ({e})") from e
 
@@ -176,14 +179,15 @@ def check_ground_truth(path: str | os.PathLike[str], kind: str) -> GroundTruthSu
     if kind not in KINDS:
         raise GroundTruthError(f"unknown ground-truth kind '{kind}'; choose one of {', '.join(KINDS)}")
     try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-            if bad is not None:
-                raise GroundTruthError(f"zip member '{bad}' is corrupt (CRC mismatch)")
-            names = _safe_names(z)
+        z, files = zips.open_checked(path)  # names, types, declared sizes and ratios first
+        with z:
+            zips.verify_members(z, files)  # every CRC, in bounded chunks, counted against the declared sizes
+            names = _safe_names(files)
             return _check_synthetic(z, names) if kind == "synthetic" else _check_deep3dface(names)
-    except zipfile.BadZipFile as e:
-        raise GroundTruthError(f"not a readable zip file ({e})") from e
+    except zips.UnsafeZipError as e:
+        if e.code == zips.INVALID_ZIP and e.member is None:
+            raise GroundTruthError(f"not a readable zip file ({e})") from e
+        raise GroundTruthError(str(e)) from e
 
 
 def extract_ground_truth(zip_path: Path, kind: str, dest: Path) -> Path:
@@ -192,19 +196,13 @@ def extract_ground_truth(zip_path: Path, kind: str, dest: Path) -> Path:
     if dest.is_dir():
         return dest
     summary = check_ground_truth(zip_path, kind)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        with zipfile.ZipFile(zip_path) as z:
-            for name in summary.members:
-                target = tmp / name[len(summary.root) :]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(name) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, 1024 * 1024)
-        tmp.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and dest.is_dir():  # another process won the rename: its copy is as good
+    wanted = {name: name[len(summary.root) :] for name in summary.members}
+    try:  # each target proven inside the folder, each member counted; a temporary folder, then renamed
+        zips.extract_members(zip_path, dest, wanted)
+    except zips.UnsafeZipError as e:
+        raise GroundTruthError(str(e)) from e
+    except OSError:
+        if dest.is_dir():  # another process won the rename: its copy is as good
             return dest
         raise
     return dest

@@ -18,7 +18,7 @@ from typing import Any
 
 from services.common.artifacts import fetch_dataset_images, fetch_model
 from services.common.evalprogress import EvalProgress
-from services.common.groundtruth import extract_ground_truth, ground_truth_key
+from services.common.groundtruth import GroundTruthError, extract_ground_truth, ground_truth_key
 from services.common.keys import job_prefix
 from services.common.storage import Storage, sha256_file
 from services.common.tasks import JobContext, JobInputError, job_task
@@ -37,7 +37,10 @@ def _fetch_ground_truth(storage: Storage, cache_dir: str, dataset_id: str, kind:
     if not (local.is_file() and info.sha256 and info.sha256 == sha256_file(local)):
         storage.get_file(key, local)
     tag = (info.sha256 or sha256_file(local))[:16]
-    return extract_ground_truth(local, kind, root / f"{kind}-{tag}")
+    try:  # names, types and sizes checked; every target proven inside the folder (services.common.zips)
+        return extract_ground_truth(local, kind, root / f"{kind}-{tag}")
+    except GroundTruthError as e:
+        raise JobInputError(f"dataset '{dataset_id}': its {kind} ground truth: {e}") from e
 
 
 def stage_dataset(ctx: JobContext, dataset_id: str) -> tuple[str, str | None]:

@@ -8,13 +8,16 @@ the chunks already done.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from celery import chord
 
+from services.common import zips
 from services.common.artifacts import fetch_dataset_images
 from services.common.celery_app import app
 from services.common.keys import dataset_prefix, job_prefix
@@ -36,19 +39,46 @@ def _chunk_marker(job_id: str, index: int, stage: str) -> str:
 
 
 def _extract(source: Path, names: list[str], dest: Path) -> None:
-    from gmpi_core.data.datasets import ImageSource
+    """The chunk's images into ``dest`` (which must not exist): from a zip through
+    ``zips.extract_members`` (names, types and sizes checked, every target proven inside ``dest``,
+    written to a temporary folder and renamed); from a folder, each path proven inside both folders."""
+    if source.is_file():
+        try:
+            zips.extract_members(source, dest, names)
+        except zips.UnsafeZipError as e:
+            raise JobInputError(f"the dataset's images.zip: {e}") from e
+        return
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+    tmp.mkdir(parents=True)
+    try:
+        for name in names:
+            try:
+                src, target = zips.safe_target(source, name), zips.safe_target(tmp, name)
+            except zips.UnsafeZipError as e:
+                raise JobInputError(f"the dataset's image '{name[:120]}' is outside its folder") from e
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(src.read_bytes())
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
-    src = ImageSource(source)
-    for name in names:
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(src.read_bytes(name))
+
+def _check_images_zip(source: Path, dataset_id: str) -> None:
+    """Refuse a zip that could escape a scratch folder or decompress without bound, whichever route it
+    came by (a presigned PUT is seen by nothing before this)."""
+    if source.is_file():
+        try:
+            zips.check_zip(source)
+        except zips.UnsafeZipError as e:
+            raise JobInputError(f"dataset '{dataset_id}': its images.zip is refused: {e}") from e
 
 
 def _start(ctx: JobContext) -> dict[str, Any]:
     dataset_id = ctx.params["dataset_id"]
     ctx.progress(0, None, f"downloading the images of dataset '{dataset_id}'", stage="download")
     source = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, dataset_id)
+    _check_images_zip(source, dataset_id)
     try:
         names = _image_names(source)
     except (zipfile.BadZipFile, ValueError) as e:

@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import chord
 
+from services.common import zips
 from services.common.celery_app import app
 from services.common.keys import dataset_prefix, job_prefix
 from services.common.tasks import SINCE_START, TRANSIENT, JobContext, JobInputError, run_job
@@ -73,7 +74,12 @@ def _chunk(ctx: JobContext, index: int, files: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=ctx.work_dir, prefix=f"pose{index:05d}-") as tmp:
         det, out = Path(tmp) / "detections", Path(tmp) / "poses"
         for rel in files:
-            ctx.storage.get_file(prefix + RESULTS + rel, det / "results" / rel)
+            try:  # a listed key is still proven to land inside the scratch folder
+                target = zips.safe_target(det / "results", rel)
+            except zips.UnsafeZipError as e:
+                raise JobInputError(f"landmark file '{rel[:120]}' would be written outside its folder") from e
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ctx.storage.get_file(prefix + RESULTS + rel, target)
         (det / "fail_list.txt").write_text("\n")
         summary = run_poses(
             det,

@@ -8,13 +8,13 @@ import base64
 import binascii
 import re
 import time
-import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from services.common import zips
 from services.common.groundtruth import KINDS, GroundTruthError, check_ground_truth, ground_truth_key
 from services.common.keys import InvalidKeyError, dataset_prefix, new_id, validate_key
 from services.common.storage import (
@@ -226,6 +226,12 @@ def complete_upload(
     except UploadRejected as e:  # invalid_parts: nothing happened; size_mismatch/invalid_zip: deleted
         deleted = e.code != "invalid_parts"
         raise ApiError(422, e.code, str(e), {"field": "parts", "upload_open": not deleted}) from e
+    try:  # the members' names and declared sizes, as PUT …/images checks them (central directory only)
+        _check_stored_zip(storage, key, "parts")
+    except ApiError as e:
+        storage.delete(key)
+        e.details = {**(e.details or {}), "upload_open": False}
+        raise
     return _view(storage, rec)
 
 
@@ -246,26 +252,58 @@ def abort_upload(dataset_id: str, upload_id: str, _: ApiKey, storage: StorageDep
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _check_zip(path: Path) -> int:
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-            names = [n for n in z.namelist() if not n.endswith("/")]
-    except zipfile.BadZipFile as e:
-        raise ApiError(
-            422, "invalid_zip", f"the upload is not a readable zip file ({e})", {"field": "body"}
-        ) from e
-    if bad is not None:
-        raise ApiError(422, "invalid_zip", f"zip member '{bad}' is corrupt (CRC mismatch)", {"field": "body"})
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _zip_error(e: zips.UnsafeZipError, field: str = "body") -> ApiError:
+    """422 ``invalid_zip`` (as before: details.reason says ``unsafe_zip_member`` for a name, symlink or
+    duplicate), 422 ``zip_bomb``, 413 ``zip_too_large``."""
+    details: dict[str, Any] = {"field": field, "reason": e.code}
+    if e.member is not None:
+        details["member"] = e.member[:200]
+    code = zips.INVALID_ZIP if e.code == zips.UNSAFE_MEMBER else e.code
+    return ApiError(e.http_status, code, str(e), details)
+
+
+def _check_names(files: list[Any], field: str = "body") -> int:
+    """The key rules for every member of a dataset zip (they become object keys and file names on the
+    workers) and at least one image; → the number of images."""
+    names = [i.filename for i in files]
     for n in names:
         try:
             validate_key(n, what="zip member")
         except InvalidKeyError as e:
-            raise ApiError(422, "invalid_zip", str(e), {"field": "body", "member": n[:200]}) from e
-    images = [n for n in names if n.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))]
+            raise ApiError(422, "invalid_zip", str(e), {"field": field, "member": n[:200]}) from e
+    images = [n for n in names if n.lower().endswith(_IMAGE_SUFFIXES)]
     if not images:
-        raise ApiError(422, "invalid_zip", "the zip holds no .png/.jpg/.webp images", {"field": "body"})
+        raise ApiError(422, "invalid_zip", "the zip holds no .png/.jpg/.webp images", {"field": field})
     return len(images)
+
+
+def _check_zip(path: Path) -> int:
+    """A streamed images.zip: the central directory first (names, types, declared sizes and ratios),
+    then every member's CRC, decompressed in bounded chunks and counted against its declared size."""
+    try:
+        z, files = zips.open_checked(path)
+        with z:
+            count = _check_names(files)
+            zips.verify_members(z, files)
+    except zips.UnsafeZipError as e:
+        raise _zip_error(e) from e
+    return count
+
+
+def _check_stored_zip(storage: Storage, key: str, field: str) -> int:
+    """An images.zip already in the store (multipart completion, a registered prefix): its central
+    directory only, read by ranged GETs; the members are never decompressed by the gateway."""
+    info = storage.stat(key)
+    if info is None:
+        raise ApiError(422, "no_images", f"no object '{key}'", {"field": field})
+    try:
+        files = zips.check_stored_zip(storage, key, info.size)
+    except zips.UnsafeZipError as e:
+        raise _zip_error(e, field) from e
+    return _check_names(files, field)
 
 
 @router.put(
@@ -311,10 +349,33 @@ def register_prefix(dataset_id: str, body: RegisterPrefix, _: ApiKey, storage: S
     wanted = [k for k in keys if k == prefix + "images.zip" or k.startswith(prefix + "images/")]
     if not wanted:
         raise ApiError(422, "no_images", f"no images.zip or images/ below '{prefix}'", {"field": "prefix"})
-    wanted += [k for k in keys if k in {f"{prefix}ground-truth/{kind}.zip" for kind in KINDS}]
+    if prefix + "images.zip" in wanted:  # checked as an upload would be, before anything is copied
+        _check_stored_zip(storage, prefix + "images.zip", "prefix")
+    try:
+        for k in wanted:
+            if not k.startswith(prefix + "images/"):
+                continue
+            validate_key(k[len(prefix) :], what="image key")
+    except InvalidKeyError as e:
+        raise ApiError(422, "invalid_key", str(e), {"field": "prefix"}) from e
+    gt_keys = {f"{prefix}ground-truth/{kind}.zip" for kind in KINDS}
+    for k in keys:
+        if k in gt_keys:
+            _check_stored_ground_truth(storage, k)
+            wanted.append(k)
     for k in wanted:
         storage.copy(k, target + k[len(prefix) :])
     return _view(storage, rec)
+
+
+def _check_stored_ground_truth(storage: Storage, key: str) -> None:
+    info = storage.stat(key)
+    if info is None:
+        return
+    try:
+        zips.check_stored_zip(storage, key, info.size)
+    except zips.UnsafeZipError as e:
+        raise _zip_error(e, "prefix") from e
 
 
 # --- the dataset's files ---------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import base64
 import tempfile
 import time
 import uuid
-import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -15,6 +14,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import Histogram
 
+from services.common import zips
 from services.common.keys import MANIFEST, model_prefix
 from services.common.storage import Storage
 from services.gateway.deps import ApiKey, CeleryDep, SettingsDep, StorageDep, render_rate_limit
@@ -127,13 +127,32 @@ def mpi(
     return MpiExport(**{**manifest, "planes": planes_out, "model_id": model_id, "key": prefix})
 
 
+_PTH_FILES = ("config.pth", "ema.pth", "generator.pth")
+
+
 def _import_keys(kind: str, body: Path, prefix: str, storage: Storage) -> list[str]:
+    """The import's source files in the store. A gmpi_pth zip is checked by its central directory first
+    (names, types, declared sizes and ratios: ``zips.CHECKPOINT_LIMITS``), then each wanted member is
+    streamed to a temporary file in bounded chunks, its bytes counted against what it declared: the
+    gateway never holds a member in memory, whatever the zip claims."""
     if kind == "stylegan2_pkl":
         return [storage.put_file(prefix + "network.pkl", body).key]
     try:
-        with zipfile.ZipFile(body) as z:
-            names = {Path(n).name: n for n in z.namelist() if n.endswith(".pth")}
-            if "config.pth" not in names or "ema.pth" not in names:
+        z, files = zips.open_checked(body, zips.CHECKPOINT_LIMITS)
+        with z:
+            by_base: dict[str, Any] = {}
+            for info in files:
+                base = Path(info.filename).name
+                if base in _PTH_FILES:
+                    if base in by_base:
+                        raise ApiError(
+                            422,
+                            "invalid_checkpoint",
+                            f"the zip holds more than one {base}",
+                            {"field": "body", "member": info.filename[:200]},
+                        )
+                    by_base[base] = info
+            if "config.pth" not in by_base or "ema.pth" not in by_base:
                 raise ApiError(
                     422,
                     "invalid_checkpoint",
@@ -142,14 +161,19 @@ def _import_keys(kind: str, body: Path, prefix: str, storage: Storage) -> list[s
                 )
             keys = []
             with tempfile.TemporaryDirectory() as d:
-                for base, member in names.items():
-                    if base in ("config.pth", "ema.pth", "generator.pth"):
-                        target = Path(d) / base
-                        target.write_bytes(z.read(member))
-                        keys.append(storage.put_file(prefix + base, target).key)
+                for base, info in by_base.items():
+                    target = Path(d) / base
+                    with open(target, "wb") as out:
+                        zips.copy_member(z, info, out)
+                    keys.append(storage.put_file(prefix + base, target).key)
+                    target.unlink()
             return keys
-    except zipfile.BadZipFile as e:
-        raise ApiError(422, "invalid_zip", f"a gmpi_pth import must be a zip ({e})", {"field": "body"}) from e
+    except zips.UnsafeZipError as e:
+        details: dict[str, Any] = {"field": "body"}
+        if e.member is not None:
+            details["member"] = e.member[:200]
+        message = f"a gmpi_pth import must be a zip ({e})" if e.code == zips.INVALID_ZIP else str(e)
+        raise ApiError(e.http_status, e.code, message, details) from e
 
 
 @router.post(
