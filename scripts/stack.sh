@@ -39,6 +39,7 @@ write_env() {
   ( umask 077 && : > "$D/env" )  # it holds the Redis password and the S3 keys
   cat > "$D/env" <<ENV
 export GMPI_HOST=127.0.0.1
+export GMPI_EXPOSE_DOCS=${GMPI_EXPOSE_DOCS:-true}   # a loopback dev stack: /docs and /openapi.json on
 export GMPI_PORT=$PORT
 export GMPI_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export GMPI_REDIS_PASSWORD=$GMPI_REDIS_PASSWORD

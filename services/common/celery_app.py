@@ -10,10 +10,14 @@ never imports torch.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import logging
 import threading
+import time
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import celeryd_after_setup, worker_ready
 
 from services.common.settings import get_settings
@@ -35,6 +39,113 @@ ROUTES = {
     "gmpi.eval.*": {"queue": "eval"},
     "gmpi.render.*": {"queue": "render"},
 }
+
+
+log = logging.getLogger("gmpi.celery")
+WORKER_LOST_REPEATEDLY = "worker_lost_repeatedly"
+
+
+class WorkerLostRepeatedly(RuntimeError):
+    """A task message whose worker died at each of its last ``GMPI_MAX_DELIVERIES`` starts: given up."""
+
+    code = WORKER_LOST_REPEATEDLY
+
+
+def _job_id_of(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The job a task works for: its ``job_id`` argument (keyword, or the first positional parameter of
+    that name, as the preprocess chunks take it); None for tasks without one (sync renders, imports)."""
+    value = kwargs.get("job_id")
+    if value is None and args:
+        try:
+            first = next(iter(inspect.signature(task.run).parameters), None)
+        except (TypeError, ValueError):
+            first = None
+        value = args[0] if first == "job_id" else None
+    return value if isinstance(value, str) and value else None
+
+
+class DeliveryCappedTask(Task):  # type: ignore[misc]
+    """Every task of the stack: caps how often one message runs into a dead worker.
+
+    Late acks with re-queue on worker loss give a task whose worker dies (OOM kill, segfault, SIGKILL)
+    back to the queue, and without a cap a task that kills every worker it lands on is delivered again
+    and again across the fleet. Each start of a message counts in Redis (``gmpi:delivery:{task id}``, with
+    a TTL); an end in the worker (success, failure, Celery retry) clears the count, so only starts whose
+    worker died add up. A start that finds ``GMPI_MAX_DELIVERIES`` such starts already counted does not
+    run: the job fails with ``worker_lost_repeatedly``, the message is acked (not re-queued) and put on
+    the dead-letter list ``gmpi:deadletter``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        req = self.request
+        task_id = getattr(req, "id", None)
+        if not task_id or getattr(req, "called_directly", True) or getattr(req, "is_eager", False):
+            return super().__call__(*args, **kwargs)  # called in-process: no message to count
+        import redis
+
+        from services.common.jobs import get_job_store
+
+        settings = get_settings()
+        try:
+            jobs = get_job_store(settings.redis_url)
+            starts = jobs.count_delivery(task_id, 2 * settings.visibility_timeout_s)
+        except redis.RedisError as exc:  # Redis away for a moment: run uncounted (the task retries itself)
+            log.warning("cannot count the delivery of task %s[%s]: %s", self.name, task_id, exc)
+            return self.run(*args, **kwargs)
+        lost = starts - 1
+        if lost >= settings.max_deliveries:
+            return self._give_up(jobs, task_id, lost, settings.max_deliveries, args, kwargs)
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            try:
+                jobs.end_delivery(task_id)
+            except redis.RedisError as exc:
+                log.warning("cannot clear the delivery count of task %s[%s]: %s", self.name, task_id, exc)
+
+    def _give_up(
+        self, jobs: Any, task_id: str, lost: int, cap: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        import json
+
+        from services.common.jobs import JobNotFound
+
+        job_id = _job_id_of(self, args, kwargs)
+        queue = (getattr(self.request, "delivery_info", None) or {}).get("routing_key")
+        what = f"job '{job_id}'" if job_id else "it"
+        message = (
+            f"task {self.name} ({task_id}) was started {lost} times and each time its worker process died "
+            f"before it finished (killed for memory, crashed, or stopped with SIGKILL); {what} is not "
+            f"tried again (GMPI_MAX_DELIVERIES={cap}). Check the memory limit of the '{queue or '?'}' "
+            "workers and their log around these starts (the kernel log for OOM kills); the message is on "
+            "the dead-letter list gmpi:deadletter."
+        )
+        log.error("dead-lettered: %s", message)
+        jobs.dead_letter(
+            {
+                "task_id": task_id,
+                "task": self.name,
+                "job_id": job_id,
+                "queue": queue,
+                "attempts": lost,
+                "at": round(time.time(), 3),
+                "arguments": json.dumps({"args": args, "kwargs": kwargs}, default=str)[:4000],
+            }
+        )
+        if job_id:
+            with contextlib.suppress(JobNotFound):
+                jobs.transition(
+                    job_id,
+                    "failed",
+                    error={
+                        "code": WORKER_LOST_REPEATEDLY,
+                        "message": message,
+                        "details": {"task": self.name, "task_id": task_id, "attempts": lost, "max": cap},
+                    },
+                )
+        jobs.end_delivery(task_id)
+        if job_id:
+            return None  # the job record says what happened; the message is acked
+        raise WorkerLostRepeatedly(message)  # the caller (a sync render) gets the failure; acked too
 
 
 class GmpiCelery(Celery):
@@ -78,7 +189,13 @@ def make_app() -> Celery:
             f"GMPI_VISIBILITY_TIMEOUT_S ({s.visibility_timeout_s}) must exceed GMPI_TASK_TIME_LIMIT_S "
             f"({s.task_time_limit_s}), else Redis re-delivers tasks that are still running"
         )
-    app = GmpiCelery("gmpi", broker=s.redis_url, backend=s.redis_url, include=list(TASK_MODULES))
+    app = GmpiCelery(
+        "gmpi",
+        broker=s.redis_url,
+        backend=s.redis_url,
+        include=list(TASK_MODULES),
+        task_cls=DeliveryCappedTask,
+    )
     transport = {"visibility_timeout": s.visibility_timeout_s}
     app.conf.update(
         task_routes=ROUTES,

@@ -23,6 +23,7 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 JOB_TYPES: tuple[str, ...] = ("preprocess", "train", "evaluate", "render_video", "extract_mesh")
 IDEMPOTENCY_TTL_S = 24 * 3600
+DEADLETTER_MAX = 1000  # entries kept on the dead-letter list (gmpi:deadletter), newest first
 _LIST_BATCH = 500  # index entries per pipelined round trip when listing with filters
 SINCE_START: Any = object()  # JobStore.progress: estimate the ETA from the job's rate since it started
 _JSON_FIELDS = ("params", "progress", "result", "error", "artifacts", "metrics", "info")
@@ -349,6 +350,36 @@ class JobStore:
             return self.state(job_id) == "cancelled"
         except JobNotFound:
             return True
+
+    # -- deliveries of task messages and the dead-letter list ------------------------------------------
+    def _delivery_key(self, task_id: str) -> str:
+        return f"{self.prefix}:delivery:{task_id}"
+
+    @property
+    def deadletter_key(self) -> str:
+        return f"{self.prefix}:deadletter"
+
+    def count_delivery(self, task_id: str, ttl_s: int) -> int:
+        """One more start of task message ``task_id`` that has not ended yet; → how many there are now
+        (the counter lives ``ttl_s`` from this start: tasks without a job record are counted too)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.incr(self._delivery_key(task_id))
+        pipe.expire(self._delivery_key(task_id), ttl_s)
+        return int(pipe.execute()[0])
+
+    def end_delivery(self, task_id: str) -> None:
+        """The start of ``task_id`` ended in its worker (success, failure or retry): not a lost one."""
+        self.r.delete(self._delivery_key(task_id))
+
+    def dead_letter(self, entry: dict[str, Any]) -> None:
+        """Record a task message that was given up on (newest first; the last ``DEADLETTER_MAX`` kept)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lpush(self.deadletter_key, json.dumps(entry, default=str))
+        pipe.ltrim(self.deadletter_key, 0, DEADLETTER_MAX - 1)
+        pipe.execute()
+
+    def dead_letters(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        return [json.loads(v) for v in self.r.lrange(self.deadletter_key, 0, max(0, limit - 1))]
 
     def delete(self, job_id: str) -> None:
         self.r.delete(self._key(job_id), f"{self._key(job_id)}:counters")

@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     render_cache_mpis: int = Field(64, ge=1)
     orphan_after_s: float = Field(120.0, ge=1, description="heartbeat age after which a task is re-queued")
     orphan_check_s: float = Field(15.0, ge=0.5)
+    max_deliveries: int = Field(
+        3, ge=1, description="lost starts of one task message (its worker died) before it is dead-lettered"
+    )
+
+    # the gateway's API description (/docs, /redoc, /openapi.json) and Prometheus metrics (/metrics):
+    # off unless enabled (SECURITY.md, "Without an API key")
+    expose_docs: bool = False
+    expose_metrics: bool = False
 
     k8s_enabled: bool = False
     k8s_namespace: str = "gmpi"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -211,3 +213,14 @@ def job_task(name: str, **options: Any) -> Callable[[Callable[[JobContext], Any]
 
 def clear_work_dir(ctx: JobContext) -> None:
     shutil.rmtree(ctx.work_dir, ignore_errors=True)
+
+
+if os.environ.get("GMPI_TEST_POISON") == "1":
+    # Test-only tasks (tests/services/test_poison.py), registered only in a worker started with
+    # GMPI_TEST_POISON=1: each kills the worker process that runs it, like an OOM kill or a segfault.
+
+    def _kill_own_process(ctx: JobContext | None = None) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    job_task("gmpi.test.poison_job")(_kill_own_process)
+    app.task(name="gmpi.test.poison")(_kill_own_process)

@@ -34,8 +34,13 @@ def create_app() -> FastAPI:
             errors.log.warning("storage not ready at startup: %s", exc)
         yield
 
+    # the API description is off unless GMPI_EXPOSE_DOCS=true: 404 for /docs, /redoc and /openapi.json
+    docs = settings.expose_docs
     app = FastAPI(
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         title="GMPI",
         version="0.1.0",
         description="Generative Multiplane Images: datasets, preprocessing, training, evaluation, rendering. "
@@ -65,6 +70,8 @@ def create_app() -> FastAPI:
 
         @app.get("/", include_in_schema=False)
         def no_viewer() -> JSONResponse:
-            return JSONResponse({"service": "gmpi", "docs": "/docs", "viewer": "not installed"})
+            return JSONResponse(
+                {"service": "gmpi", "docs": "/docs" if docs else None, "viewer": "not installed"}
+            )
 
     return app

@@ -47,6 +47,7 @@ def settings(
         "GMPI_S3_SECRET_KEY": SECRET,
         "GMPI_S3_BUCKET": f"t{uuid.uuid4().hex[:12]}",
         "GMPI_API_KEYS": "good-key,other-key",
+        "GMPI_EXPOSE_DOCS": "true",  # test_openapi_documents_every_route; the default is off
         "GMPI_CACHE_DIR": str(tmp_path / "cache"),
         "GMPI_MAX_UPLOAD_BYTES": "200000",
         "GMPI_RENDER_RATE_LIMIT": "3",

@@ -49,7 +49,7 @@ def test_health_needs_no_key_and_ready_checks_dependencies(client: TestClient) -
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"] == {"redis": "ok", "storage": "ok"}
-    assert "gmpi_http_requests_total" in client.get("/metrics").text
+    assert "gmpi_http_requests_total" in client.get("/metrics", headers=KEY).text
 
 
 def test_ready_is_503_when_redis_is_unreachable(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,15 @@
-"""Liveness, readiness and Prometheus metrics (no auth)."""
+"""Liveness and readiness (no auth), and Prometheus metrics: behind the API key unless
+``GMPI_EXPOSE_METRICS=true`` opens them (to a scraper that cannot send the key)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.gateway.deps import RedisDep, StorageDep
+from services.gateway.deps import RedisDep, SettingsDep, StorageDep, api_key
 
 router = APIRouter(tags=["health"])
 
@@ -37,6 +40,22 @@ def readyz(r: RedisDep, storage: StorageDep) -> JSONResponse:
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics_access(
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header(description="an API key of GMPI_API_KEYS")] = None,
+) -> None:
+    """The metrics name every route, job type and model render rate: only for key holders (401 like the
+    ``/v1`` routes) unless the operator exposes them with GMPI_EXPOSE_METRICS=true."""
+    if not settings.expose_metrics:
+        api_key(settings, x_api_key)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (X-API-Key unless GMPI_EXPOSE_METRICS=true)",
+    response_class=Response,
+    dependencies=[Depends(metrics_access)],
+    responses={401: {"description": "no or a wrong API key (metrics not exposed)"}},
+)
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
