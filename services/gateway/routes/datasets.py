@@ -447,7 +447,7 @@ def list_files(
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         }
     },
     responses={413: {"description": "larger than GMPI_MAX_UPLOAD_BYTES"}},
