@@ -58,6 +58,7 @@ from gmpi_core.camera import sample_sphere_poses
 from gmpi_core.config import ExperimentConfig, preset
 from gmpi_core.eval.identity import EmbedderName, build_embedder, pair_scores
 from gmpi_core.pipeline import GMPI
+from gmpi_core.progress import format_duration
 
 __all__ = [
     "METRICS",
@@ -815,16 +816,6 @@ def _takes_keyword(fn: Callable[..., Any] | None, name: str) -> bool:
 
 
 STAGES: tuple[str, ...] = ("fid_kid: real features", "fid_kid: fakes", "identity", "geometry")
-
-
-def format_duration(seconds: float) -> str:
-    """``"45 s"``, ``"3 min 20 s"``, ``"1 h 05 min"``."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 class _Runner:

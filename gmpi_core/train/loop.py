@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from gmpi_core.config import ExperimentConfig
+from gmpi_core.progress import format_duration
 from gmpi_core.train import distributed as dist_utils
 from gmpi_core.train.ema import ParameterEMA
 from gmpi_core.train.lighting import LightingAugmentation
@@ -227,21 +228,12 @@ def _budget_postfix(
     left = max(0.0, budget - elapsed)
     to_limit = (end - step) * per_step
     eta = (
-        f"about {_duration(left)} left"
+        f"about {format_duration(left)} left"
         if to_limit >= left
-        else f"step limit {end} in about {_duration(to_limit)}"
+        else f"step limit {end} in about {format_duration(to_limit)}"
     )
     losses = f"loss_d={stats['loss_d']:.3f}, loss_g={stats['loss_g']:.3f}"
     return f"step {step} ({done} this run, {per_step:.2f} s/step), {eta}, {losses}"
-
-
-def _duration(seconds: float) -> str:
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def _seed_worker(worker_id: int) -> None:  # numpy/random in loader workers from the torch worker seed (§7)
