@@ -9,18 +9,14 @@ fakes``) and an ETA: the images left at the average rate since the first report 
 loading the model and the feature extractors, does not count). Stages differ in cost per image, so it is
 an average that settles as the run goes.
 
-The reports come from the hook ``run_eval(..., on_progress=fn)`` where the library has it (``fn(stage,
-done, total)``, ``stage`` one of ``STAGES``). Where it does not yet, ``hooked()`` reads the same numbers
-from the protocol's tqdm bars (it sets ``tqdm.auto.tqdm`` to a counting stand-in for the duration of the
-call; the worker runs one task at a time, and the bars are created inside ``run_eval``).
+The reports come from the library's hook: ``run_eval(..., on_progress=progress)`` calls
+``progress(stage, done, total)`` with ``stage`` one of ``STAGES``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,71 +94,3 @@ class EvalProgress:
         for s in self.stages:
             s.done = s.total
         self.report(self.total, self.total, message, stage="report")
-
-    @contextlib.contextmanager
-    def hooked(
-        self, run_eval: Callable[..., Any], say: Callable[[str], None] | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """The keyword arguments that make ``run_eval`` report here (and tell ``say`` its plan and
-        estimates, where it has that parameter)."""
-        params = inspect.signature(run_eval).parameters
-        if "on_progress" in params:
-            kwargs: dict[str, Any] = {"on_progress": self}
-            if "say" in params and say is not None:
-                kwargs["say"] = say
-            yield kwargs
-            return
-        import tqdm.auto
-
-        real = tqdm.auto.tqdm
-        tqdm.auto.tqdm = _bar_factory(self)  # type: ignore[misc,assignment]
-        try:
-            yield {}
-        finally:
-            tqdm.auto.tqdm = real  # type: ignore[misc]
-
-
-def _bar_factory(on_progress: Callable[[str, int, int | None], None]) -> type:
-    class CountingBar:
-        """Enough of tqdm for the protocol's bars: counts, reports, prints nothing."""
-
-        def __init__(self, iterable: Any = None, total: int | None = None, desc: str = "", **_: Any):
-            self.iterable, self.desc, self.n = iterable, desc or "", 0
-            self.total = total if total is not None else _len(iterable)
-            on_progress(self.desc, 0, self.total)
-
-        def update(self, n: int = 1) -> None:
-            self.n += n
-            on_progress(self.desc, self.n, self.total)
-
-        def __iter__(self) -> Iterator[Any]:
-            for item in self.iterable or ():
-                yield item
-                self.update(1)
-
-        def __enter__(self) -> CountingBar:
-            return self
-
-        def __exit__(self, *_: Any) -> None:
-            return None
-
-        def close(self) -> None:
-            return None
-
-        def set_postfix(self, *_: Any, **__: Any) -> None:
-            return None
-
-        def set_description(self, desc: str = "", *_: Any, **__: Any) -> None:
-            self.desc = desc or self.desc
-
-        def refresh(self, *_: Any, **__: Any) -> None:
-            return None
-
-    return CountingBar
-
-
-def _len(iterable: Any) -> int | None:
-    try:
-        return len(iterable)
-    except TypeError:
-        return None

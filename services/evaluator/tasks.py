@@ -106,8 +106,9 @@ def evaluate(ctx: JobContext) -> dict[str, Any]:
     progress = EvalProgress(ctx.progress, options, gmpi.config, has_data=data is not None)
     progress.start()
     say = lambda message: log.info("job %s: %s", ctx.job_id, message)  # noqa: E731
-    with progress.hooked(run_eval, say) as hook:
-        report = run_eval(gmpi, options, out, data=data, model_info=info, print_summary=False, **hook)
+    report = run_eval(
+        gmpi, options, out, data=data, model_info=info, print_summary=False, on_progress=progress, say=say
+    )
     progress.finish("uploading the report")
     names = ["report.json", "summary.txt"]
     if options.keep_images and (out / "geometry").is_dir():
