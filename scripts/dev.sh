@@ -40,7 +40,13 @@ install_torch() {
     2>/dev/null && return 0
   # a local CPU wheel (find-links only, no index): this machine's /opt/wheels, an air-gapped mirror
   if "${pip[@]}" --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
-    if "$VENV/bin/python" -c "import torch, sys; sys.exit(1 if torch.version.cuda else 0)" 2>/dev/null; then
+    # read torch/version.py without importing torch: its dependencies are not installed yet (--no-deps)
+    if "$VENV/bin/python" - <<'PY' 2>/dev/null; then
+import importlib.util, pathlib, re, sys
+spec = importlib.util.find_spec("torch")
+text = (pathlib.Path(spec.submodule_search_locations[0]) / "version.py").read_text()
+sys.exit(0 if re.search(r"^cuda[^=]*=\s*None\s*$", text, re.M) else 1)
+PY
       echo "[dev.sh] torch $TORCH_VERSION (CPU) from a local wheel" >&2; return 0
     fi
     echo "[dev.sh] the local torch wheel is a CUDA build; replacing it with the CPU one" >&2
