@@ -260,6 +260,10 @@ class TrainConfig(_Strict):
     eps: float = 1e-8
     weight_decay: float = 0.0
     r1_gamma: float = 10.0
+    # R1 every k-th D step with weight γ·k (StyleGAN2's lazy regularisation, its 2D default is 16); GMPI
+    # itself applies R1 at every step (method §6.4), so every preset keeps 1 and only the 2D stage of a
+    # CPU recipe raises it (the double backward of R1 is a third of a 2D step's cost)
+    r1_interval: int = Field(default=1, ge=1)
     grad_clip: float = 10.0
     n_views_per_z: int = 4
     select_worst_view: bool = True

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-split", type=int, help="chunks of the generator forward per step")
     p.add_argument("--planes", type=int, help="MPI planes during training")
     p.add_argument("--seed", type=int, help="base seed (rank r uses seed + r)")
+    p.add_argument(
+        "--r1-interval",
+        type=int,
+        help="R1 every k-th D step with weight γ·k (lazy regularisation; default 1 = every step as GMPI)",
+    )
     p.add_argument("--nproc-per-node", "--nproc_per_node", dest="nproc", type=int, default=1)
     p.add_argument("--master-port", "--master_port", dest="master_port", type=int)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -105,6 +110,8 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         train["n_planes"] = args.planes
     if args.seed is not None:
         train["seed"] = args.seed
+    if args.r1_interval is not None:
+        train["r1_interval"] = args.r1_interval
     dataset: dict = {}
     if args.data is not None:
         dataset["images"] = args.data

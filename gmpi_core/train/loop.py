@@ -95,19 +95,20 @@ class TrainingError(ValueError):
 
 def parse_init(init: str) -> tuple[str, Path | None]:
     """``"random"`` → ("random", None); ``"stylegan2_pkl:<path>"``, ``"native2d:<dir>"``, ``"native:<dir>"``
-    → (kind, path). The path must exist."""
-    kind, sep, rest = init.partition(":")
+    → (kind, path). The path must exist. (The model-source grammar of ``GMPI.load``, with the kind named.)"""
+    from gmpi_core.checkpoints.sources import ModelSourceError, parse_source
+
+    kind, sep, _ = init.partition(":")
     if kind not in _INIT_KINDS or (kind == "random") == bool(sep):
         raise TrainingError(
             f"unknown --init '{init}'; use 'random', 'stylegan2_pkl:<file.pkl>', 'native2d:<dir>' (a 2D "
             "StyleGAN2 trained with --mode stylegan2) or 'native:<dir>' (a GMPI model directory)"
         )
-    if kind == "random":
-        return kind, None
-    path = Path(rest).expanduser()
-    if not path.exists():
-        raise TrainingError(f"--init {kind}: {path} does not exist")
-    return kind, path
+    try:
+        source = parse_source(init, kinds=_INIT_KINDS)
+    except ModelSourceError as e:
+        raise TrainingError(f"--init {e}") from None
+    return source.kind, source.path
 
 
 DataCheckMode = Literal["error", "skip", "off"]
@@ -432,7 +433,7 @@ class Trainer:
             return G, D
         assert path is not None
         # native2d / native: G from the EMA weights by name, D by name (b4.out broadcast, spec §4.5)
-        src_g = load_pretrained(path, use_ema=(path / "ema.safetensors").is_file())
+        src_g = load_pretrained(path, use_ema=None)  # the EMA weights when the checkpoint has them
         copy_matching_tensors(src_g.state_dict(), G, source=f"generator of {path}")
         d_dir = path / "discriminator"
         if (d_dir / "config.json").is_file():
@@ -522,11 +523,11 @@ class Trainer:
 
     def render(self, rgba: Tensor, yaw: Tensor, pitch: Tensor) -> tuple[Tensor, Tensor]:
         """MPIs rgba [B, N, 4, T, T] at poses [B] → (image [B, 3, R, R] in [-1, 1], w2c condition [B, 16])."""
-        from gmpi_core.camera import sphere_c2w, w2c_condition
+        from gmpi_core.camera import camera_c2w, w2c_condition
         from gmpi_core.mpi.render import render_mpi
 
         cam = self.cfg.camera
-        c2w = sphere_c2w(yaw, pitch, radius=cam.sphere_radius, center_z=cam.sphere_center_z).to(self.device)
+        c2w = camera_c2w(cam, yaw, pitch).to(self.device)
         image, _ = render_mpi(rgba, self.plane_dhw, c2w, cam.fov_deg, self.cfg.generator.img_resolution)
         return image, w2c_condition(c2w).to(image.dtype)
 
@@ -587,9 +588,15 @@ class Trainer:
             views = [self._fake_views(zc, light) for zc in z.tensor_split(split)]
             fake = torch.cat([im for im, _ in views])
             c_fake = torch.cat([c for _, c in views]) if self.mode == "gmpi" else None
-        real = real.detach().requires_grad_(True)
+        # R1 at every step, or lazily every r1_interval-th step with γ·interval (same expected penalty)
+        do_r1 = s % tc.r1_interval == 0
+        real = real.detach().requires_grad_(do_r1)
         real_logits = self.D(real, cond)
-        r1 = r1_penalty(real_logits, real, tc.r1_gamma)
+        r1 = (
+            r1_penalty(real_logits, real, tc.r1_gamma * tc.r1_interval)
+            if do_r1
+            else real_logits.new_zeros(())
+        )
         fake_logits = self.D(fake, c_fake)
         loss_d_real, loss_d_fake = d_logistic_loss(real_logits, fake_logits)
         self.opt_d.zero_grad(set_to_none=True)
@@ -897,6 +904,7 @@ class Trainer:
         fixed latents at the canonical and a tilted pose, and the RGB / alpha planes of the first latent."""
         if not self.env.is_main:
             return []
+        from gmpi_core.pipeline import GMPI
         from gmpi_core.render.io import grid, to_uint8
 
         self.ema.copy_to(self.G_ema.parameters())
@@ -920,8 +928,11 @@ class Trainer:
             tilt = offset if cam.truncation_k * cam.yaw_std >= offset else 0.0
             grids: dict[str, np.ndarray] = {}
             fixed, tilted, first_mpi = [], [], None
+            gmpi = GMPI(self.G_ema, self.cfg)  # type: ignore[arg-type]  # gmpi mode: a GMPIGenerator
+            noise = gmpi.noise_generator(self.cfg.train.seed)  # the stream manual_seed(seed) gives
             for z in self.sample_z.split(8):
-                rgba = self.G_ema(z.to(self.device), self.depth_norm, truncation_psi=psi)
+                n_planes = self.cfg.train.n_planes
+                rgba = gmpi.generate(z=z, n_planes=n_planes, truncation_psi=psi, generator=noise).rgba
                 first_mpi = rgba[0] if first_mpi is None else first_mpi
                 zeros = torch.zeros(z.shape[0])
                 fixed.append(self.render(rgba, zeros, zeros)[0])

@@ -168,6 +168,30 @@ def test_cli_reports_missing_dataset_missing_poses_and_unknown_preset(tmp_path, 
     assert "unknown preset 'FFHQ128'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode", ["stylegan2", "gmpi"])
+def test_lazy_r1_applies_gamma_times_interval_on_every_kth_step_and_nothing_between(
+    synthetic_data, tmp_path, mode
+):
+    """R1 is γ/2·E‖∇D‖², linear in γ: at step 0 the lazy run (k = 3) must report exactly 3× the penalty of
+    the every-step run (same seed, same D, same real batch); steps 1 and 2 carry none; step 3 does again."""
+    from gmpi_core.train.loop import Trainer
+
+    every = Trainer(tiny_config(synthetic_data), tmp_path / "a", mode=mode, device="cpu", progress=False)
+    lazy = Trainer(
+        tiny_config(synthetic_data, r1_interval=3), tmp_path / "b", mode=mode, device="cpu", progress=False
+    )
+    r_every, r_lazy = every.step()["r1"], [lazy.step()["r1"] for _ in range(4)]
+    assert r_every > 0
+    assert r_lazy[0] == pytest.approx(3 * r_every, rel=1e-5)
+    assert r_lazy[1] == 0.0 and r_lazy[2] == 0.0
+    assert r_lazy[3] > 0
+
+
+def test_r1_interval_must_be_positive():
+    with pytest.raises(ValueError, match="r1_interval"):
+        tiny_config(None, r1_interval=0)
+
+
 def test_stylegan2_mode_trains_and_its_export_initialises_gmpi(synthetic_data, tmp_path):
     from gmpi_core.train.loop import Trainer
 
