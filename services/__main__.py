@@ -80,7 +80,8 @@ def publish_demo_model(storage: object | None = None) -> str:
         for p in sorted(demo.glob("*"))
         if p.is_file() and p.suffix != ".md"
     }
-    extra = {"model_id": DEMO_MODEL_ID, "source": "demo", "preset": experiment.get("name")}
+    # shared: every API key may read and render it (SECURITY.md, "API keys and ownership")
+    extra = {"model_id": DEMO_MODEL_ID, "source": "demo", "preset": experiment.get("name"), "public": True}
     store.commit(prefix, files, extra)
     return "published"
 

@@ -44,6 +44,8 @@ from gmpi_core.data.poses import (
     PoseSource,
     write_deep3dface_mat,
 )
+from gmpi_core.data.ziplimits import MemberLimits, ZipMemberError
+from gmpi_core.data.ziplimits import read_member as _read_member
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -89,10 +91,15 @@ def _is_image(name: str) -> bool:
 class ImageSource:
     """Images in a StyleGAN2-ADA ``dataset_tool`` zip or a folder (recursive), keyed by their sorted
     posix-relative paths. The zip is opened lazily once per process, so the object is safe to hand to
-    ``DataLoader`` workers (fork or spawn)."""
+    ``DataLoader`` workers (fork or spawn).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    A zip member is read only within ``limits`` (``gmpi_core.data.ziplimits``: its declared size, its
+    compression ratio, and exactly the bytes it declares; default ``MemberLimits.from_env()``), so a zip
+    bomb among the images is a ``DatasetError`` naming the member, never an unbounded allocation."""
+
+    def __init__(self, path: str | os.PathLike[str], limits: MemberLimits | None = None) -> None:
         self.path = Path(path)
+        self.limits = MemberLimits.from_env() if limits is None else limits
         if self.path.is_dir():
             self.is_zip = False
             names = [
@@ -106,7 +113,9 @@ class ImageSource:
             try:
                 with zipfile.ZipFile(self.path) as zf:
                     names = [m for m in zf.namelist() if not m.endswith("/") and _is_image(m)]
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
+            # NotImplementedError: an unsupported zip version or a multi-disk zip; ValueError: a name
+            # flagged UTF-8 that is not (UnicodeDecodeError)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
                 raise DatasetError(
                     f"{self.path} is not a readable zip ({e}); it may be truncated or still being written — "
                     f"re-create or re-download it"
@@ -139,11 +148,16 @@ class ImageSource:
         if not self.is_zip:
             return (self.path / name).read_bytes()
         try:
-            return self._zipfile().read(name)
+            zf = self._zipfile()
+            return _read_member(zf, zf.getinfo(name), self.limits)
+        except ZipMemberError as e:
+            raise DatasetError(f"refused member '{name}' of {self.path}: {e}") from e
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as e:
             raise DatasetError(
                 f"cannot read member '{name}' of {self.path}: {e}; the zip may be corrupt"
             ) from e
+        except (NotImplementedError, RuntimeError, ValueError) as e:  # a method not supported, encryption
+            raise DatasetError(f"cannot read member '{name}' of {self.path}: {e}") from e
 
     def read(self, name: str) -> PIL.Image.Image:
         """Image ``name`` decoded and converted to RGB (grayscale, palette and alpha images included)."""

@@ -8,6 +8,7 @@ overwritten by a late progress report; an idempotency key maps to the first job 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import json
 import time
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 import redis
 
-from services.common.keys import new_id
+from services.common.keys import OWNER_PREFIX, is_owner_id, new_id, normalize_owner
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -152,7 +153,9 @@ class JobStore:
     ) -> tuple[dict[str, Any], bool]:
         """→ (record, created). With an idempotency key seen before (same owner, within a day), the
         existing job and False; IdempotencyConflict when ``request_sha256`` (the canonical hash of the
-        request) differs from the one the key was first used with."""
+        request) differs from the one the key was first used with. ``owner``: the caller's owner id
+        (``keys.owner_id`` of the API key; a raw key given here is stored hashed, never as it is)."""
+        owner = normalize_owner(owner)
         job_id = job_id or new_id("job")
         created = time.time()  # full precision for the index: jobs made within one millisecond keep order
         now = round(created, 3)
@@ -212,7 +215,9 @@ class JobStore:
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Newest first, filtered; → (page, total matching).
+        """Newest first, filtered; → (page, total matching). ``owner``: only that owner's jobs (an owner
+        id; records of older versions holding a raw key are matched by its hash; jobs without an owner
+        belong to nobody and are listed only without the filter).
 
         Unfiltered, the page comes straight from the creation-time index (two round trips whatever the
         number of jobs). Filtered, the index is walked in pipelined batches reading only the three
@@ -220,6 +225,7 @@ class JobStore:
         are dropped from the index on the way.
         """
         limit, offset = max(0, limit), max(0, offset)
+        owner = normalize_owner(owner) if owner is not None else None
         if job_type is None and state is None and owner is None:
             total = int(self.r.zcard(self._index))
             ids = []
@@ -244,7 +250,7 @@ class JobStore:
                     continue
                 if state and json.loads(st) != state:
                     continue
-                if owner is not None and own is not None and json.loads(own) not in (None, owner):
+                if owner is not None and (own is None or normalize_owner(json.loads(own)) != owner):
                     continue
                 if offset <= total < offset + limit:
                     page_ids.append(job_id)
@@ -380,6 +386,59 @@ class JobStore:
 
     def dead_letters(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return [json.loads(v) for v in self.r.lrange(self.deadletter_key, 0, max(0, limit - 1))]
+
+    def migrate_owners(self) -> int:
+        """Replace the raw API keys that versions before ownership stored (job ``owner``, idempotency
+        keys ``{prefix}:idem:{api key}:{key}``) by their owner ids; → keys changed. Idempotent and safe
+        beside live traffic (readers hash a raw owner anyway); the gateway runs it at start. An
+        idempotency key is renamed (TTL kept) when its job still names the raw key it was written under,
+        else deleted: it only ever turned a retry into the first job, and must not keep a key's text."""
+        changed = 0
+        idem_prefix = f"{self.prefix}:idem:"
+        for name in builtins.list(self.r.scan_iter(match=f"{idem_prefix}*", count=500)):
+            key = _text(name)
+            rest = key[len(idem_prefix) :]
+            if rest.startswith(OWNER_PREFIX):
+                continue
+            raw_owner = None
+            try:
+                claim = json.loads(self.r.get(key) or b"null")
+                job_id = claim.get("job_id") if isinstance(claim, dict) else claim
+                own = self.r.hget(self._key(str(job_id)), "owner") if job_id else None
+                raw_owner = json.loads(own) if own is not None else None
+            except (ValueError, TypeError, redis.ResponseError):
+                pass
+            if isinstance(raw_owner, str) and not is_owner_id(raw_owner) and rest.startswith(raw_owner + ":"):
+                target = f"{idem_prefix}{normalize_owner(raw_owner)}:{rest[len(raw_owner) + 1 :]}"
+                with contextlib.suppress(redis.ResponseError):  # expired meanwhile
+                    self.r.renamenx(key, target)
+            self.r.delete(key)  # a no-op after the rename; otherwise the key cannot be attributed
+            changed += 1
+        for name in builtins.list(self.r.scan_iter(match=f"{self.prefix}:job:*", count=500)):
+            key = _text(name)
+            if key.endswith(":counters"):
+                continue
+            try:
+                raw = self.r.hget(key, "owner")
+            except redis.ResponseError:  # not a job hash
+                continue
+            if raw is None:
+                continue
+            own = json.loads(raw)
+            if own is None or is_owner_id(own):
+                continue
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(key)
+                    if pipe.hget(key, "owner") != raw:  # changed meanwhile
+                        continue
+                    pipe.multi()
+                    pipe.hset(key, "owner", json.dumps(normalize_owner(own)))
+                    pipe.execute()
+                    changed += 1
+                except redis.WatchError:
+                    pass
+        return changed
 
     def delete(self, job_id: str) -> None:
         self.r.delete(self._key(job_id), f"{self._key(job_id)}:counters")

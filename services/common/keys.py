@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 
@@ -64,3 +65,30 @@ def model_prefix(model_id: str) -> str:
 
 def job_prefix(job_id: str) -> str:
     return f"jobs/{validate_id(job_id, what='job id')}/"
+
+
+# --- caller identities (SECURITY.md "API keys and ownership") --------------------------------------------
+OWNER_PREFIX = "sha256:"  # an owner id: "sha256:" + the first 32 hex digits of sha256("gmpi-api-key:" + key)
+_OWNER_ID = re.compile(r"^sha256:[0-9a-f]{32}$")
+
+
+def owner_id(api_key: str) -> str:
+    """The identity stored for an API key (job owner, idempotency keys, dataset and model owners): a
+    one-way hash, so Redis and the bucket never hold a usable key. Keys are operator-made random
+    secrets (GMPI_API_KEYS), so an unsalted hash is enough; 128 bits of it keep ids distinct."""
+    digest = hashlib.sha256(b"gmpi-api-key:" + api_key.encode()).hexdigest()
+    return OWNER_PREFIX + digest[:32]
+
+
+def is_owner_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_OWNER_ID.match(value))
+
+
+def normalize_owner(value: object) -> str | None:
+    """An owner as stored by any version: None (no owner: shared), an owner id, or a raw API key written
+    by versions before ownership (hashed here, so such records still belong to their key)."""
+    if value is None or value == "":
+        return None
+    if is_owner_id(value):
+        return str(value)
+    return owner_id(str(value))

@@ -31,19 +31,37 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     presign_expiry_s: int = Field(3600, ge=1, le=604_800)
 
-    api_keys: str = ""  # comma-separated
+    api_keys: str = Field("", repr=False)  # comma-separated
+    # comma-separated keys that also see and cancel every key's jobs, datasets and models (SECURITY.md)
+    admin_api_keys: str = Field("", repr=False)
     auth_disabled: bool = False
+    # requests per minute per API key (per client address with auth disabled); 429 + Retry-After above
     render_rate_limit: int = Field(120, ge=1, description="render requests per minute per API key")
+    mpi_rate_limit: int = Field(30, ge=1, description="MPI export requests per minute per API key")
+    import_rate_limit: int = Field(6, ge=1, description="checkpoint imports per minute per API key")
+    job_rate_limit: int = Field(60, ge=1, description="job submissions per minute per API key")
+    upload_rate_limit: int = Field(
+        30, ge=1, description="dataset uploads (zip, ground truth, presigned, register) a minute per key"
+    )
+    mpi_exports_per_model: int = Field(
+        32, ge=1, le=10_000, description="browser MPI exports kept per model in the store (oldest pruned)"
+    )
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
     render_timeout_s: float = 30.0
+    import_timeout_s: float = Field(300.0, gt=0, description="how long the gateway waits for an import")
+    # the gateway's blocking calls from its async routes (object store, Celery sends and result polls) run
+    # in a bounded pool of their own, never in the threadpool of the sync routes: 503 ``busy`` when this
+    # many are running and this many more are queued
+    gateway_io_threads: int = Field(32, ge=1, le=1024)
+    gateway_io_queue: int = Field(256, ge=0, le=100_000)
 
     cache_dir: str = "/var/cache/gmpi"
     train_nproc: str = "auto"
     task_time_limit_s: int = Field(24 * 3600, ge=10)
     visibility_timeout_s: int = Field(26 * 3600, ge=10)
     landmark_chunk_size: int = Field(256, ge=1)
-    render_cache_models: int = Field(4, ge=1)
-    render_cache_mpis: int = Field(64, ge=1)
+    render_cache_models: int = Field(4, ge=1, le=64)
+    render_cache_mpis: int = Field(64, ge=1, le=4096)
     orphan_after_s: float = Field(120.0, ge=1, description="heartbeat age after which a task is re-queued")
     orphan_check_s: float = Field(15.0, ge=0.5)
     max_deliveries: int = Field(
@@ -62,6 +80,18 @@ class Settings(BaseSettings):
     max_gpus_per_job: int = Field(
         16, ge=1, description="GPUs one multi-node training job may request in total (nodes x GPUs per node)"
     )
+
+    # untrusted zips (services/common/zips.py; its module constants are these defaults, a test keeps them
+    # equal): entries, uncompressed sizes, compression ratio above a floor, central directory read from
+    # the store; one image member read into memory by the library (gmpi_core/data/ziplimits.py, which reads
+    # GMPI_ZIP_MAX_IMAGE_BYTES, GMPI_ZIP_MAX_RATIO and GMPI_ZIP_RATIO_FLOOR_BYTES from the environment itself)
+    zip_max_members: int = Field(1_000_000, ge=1)
+    zip_max_member_bytes: int = Field(4 * 1024**3, ge=1)
+    zip_max_total_bytes: int = Field(1024**4, ge=1)
+    zip_max_ratio: int = Field(100, ge=1)
+    zip_ratio_floor_bytes: int = Field(1024**2, ge=0)
+    zip_max_central_directory_bytes: int = Field(256 * 1024**2, ge=1)
+    zip_max_image_bytes: int = Field(256 * 1024**2, ge=1)
 
     @field_validator("train_nproc")
     @classmethod
@@ -84,6 +114,10 @@ class Settings(BaseSettings):
     @property
     def api_key_set(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def admin_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.admin_api_keys.split(",") if k.strip())
 
     @property
     def public_endpoint(self) -> str:

@@ -154,6 +154,75 @@ class ArtifactInfo:
         return asdict(self)
 
 
+class ObjectStream:
+    """An object (or a byte range of it) being read from the store, chunk by chunk, never spooled:
+    ``size`` (of the whole object), ``length`` (the bytes this stream yields), ``content_type``,
+    ``sha256`` (the stored one; "" if unknown). ``read()`` returns the next chunk (``b""`` at the end);
+    a stream of the whole object checks the sha256 at its end (StorageError on a mismatch). ``close()``
+    releases the connection or file (idempotent; also on ``with`` exit and after the last chunk)."""
+
+    def __init__(
+        self,
+        key: str,
+        size: int,
+        length: int,
+        content_type: str,
+        sha256: str,
+        chunks: Iterator[bytes],
+        close: Callable[[], None],
+        verify: bool = True,
+    ) -> None:
+        self.key, self.size, self.length, self.content_type, self.sha256 = (
+            key,
+            size,
+            length,
+            content_type,
+            sha256,
+        )
+        self._chunks, self._close = chunks, close
+        self._hash = hashlib.sha256() if verify and sha256 and length == size else None
+        self._sent = 0
+        self.closed = False
+
+    def read(self) -> bytes:
+        if self.closed:
+            return b""
+        for chunk in self._chunks:
+            if not chunk:
+                continue
+            self._sent += len(chunk)
+            if self._hash is not None:
+                self._hash.update(chunk)
+            return bytes(chunk)
+        self.close()
+        if self._sent != self.length:
+            raise StorageError(f"'{self.key}' ended after {self._sent} of {self.length} bytes")
+        if self._hash is not None and self._hash.hexdigest() != self.sha256:
+            raise StorageError(f"sha256 mismatch for '{self.key}'")
+        return b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while chunk := self.read():
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self._close()
+            except Exception:  # a connection that cannot be released cleanly is dropped by the pool
+                log.warning("closing the stream of %s failed", self.key, exc_info=True)
+
+    def __enter__(self) -> ObjectStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -213,6 +282,9 @@ class Storage(ABC):
     def presigned_put(self, key: str, expires_s: int | None = None) -> str | None: ...
     @abstractmethod
     def _read_range(self, key: str, offset: int, length: int) -> bytes: ...
+    @abstractmethod
+    def _open_stream(self, key: str, offset: int, length: int | None, chunk_size: int) -> ObjectStream:
+        """Start reading ``length`` bytes (None: to the end) of ``key`` from ``offset``."""
 
     # -- presigned multipart uploads (S3 only; the directory backend returns None or raises
     #    MultipartNotSupported) ----------------------------------------------------------------------
@@ -335,6 +407,18 @@ class Storage(ABC):
         if offset < 0 or length < 1:
             raise ValueError(f"bad range: offset {offset}, length {length}")
         return self._retry(f"read {key}", lambda: self._read_range(key, offset, length))
+
+    def open_stream(
+        self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = CHUNK
+    ) -> ObjectStream:
+        """Read ``key`` (or ``length`` bytes of it from ``offset``) as a stream of chunks of at most
+        ``chunk_size`` bytes, nothing on local disk or in memory beyond one chunk: ObjectNotFound if
+        there is no such object. Opening is retried like every call; a failure mid-stream is not (the
+        reader sees it). Close the stream (``with``) whether or not it was read to the end."""
+        validate_key(key)
+        if offset < 0 or (length is not None and length < 0) or chunk_size < 1:
+            raise ValueError(f"bad range: offset {offset}, length {length}, chunk size {chunk_size}")
+        return self._retry(f"open {key}", lambda: self._open_stream(key, offset, length, chunk_size))
 
     def list(self, prefix: str) -> list[str]:
         """Committed keys below ``prefix`` (recursive, sorted); temporary uploads are never listed."""
@@ -567,6 +651,46 @@ class S3Storage(Storage):
             response.close()
             response.release_conn()
 
+    def _open_stream(self, key: str, offset: int, length: int | None, chunk_size: int) -> ObjectStream:
+        from minio.error import S3Error
+
+        if length == 0:
+            info = self._stat(key)
+            if info is None:
+                raise ObjectNotFound(key)
+            return ObjectStream(
+                key, info.size, 0, "application/octet-stream", info.sha256, iter(()), lambda: None
+            )
+        try:
+            response = self.client.get_object(self.bucket, key, offset=offset, length=length or 0)
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                raise ObjectNotFound(key) from e
+            raise
+        try:
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            got = int(headers.get("content-length", "0"))
+            total = headers.get("content-range", "").rpartition("/")[2]
+            size = int(total) if total.isdigit() else got + offset
+
+            def close() -> None:
+                response.close()
+                response.release_conn()
+
+            return ObjectStream(
+                key,
+                size,
+                got,
+                headers.get("content-type") or "application/octet-stream",
+                headers.get("x-amz-meta-sha256", ""),
+                response.stream(chunk_size),
+                close,
+            )
+        except BaseException:
+            response.close()
+            response.release_conn()
+            raise
+
     # -- presigned multipart uploads ------------------------------------------------------------------
     def create_multipart(
         self, key: str, size: int | None = None, content_type: str = "application/octet-stream"
@@ -789,6 +913,33 @@ class DirStorage(Storage):
             f.seek(offset)
             return f.read(length)
 
+    def _open_stream(self, key: str, offset: int, length: int | None, chunk_size: int) -> ObjectStream:
+        p = self._path(key)
+        try:
+            f = open(p, "rb")  # noqa: SIM115  (closed by the stream)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+        try:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(min(offset, size))
+            n = max(0, size - offset) if length is None else max(0, min(length, size - offset))
+            side = p.parent / f".{p.name}.sha256"
+            sha = side.read_text() if side.is_file() else ""
+        except BaseException:
+            f.close()
+            raise
+
+        def chunks() -> Iterator[bytes]:
+            left = n
+            while left > 0:
+                block = f.read(min(chunk_size, left))
+                if not block:
+                    return
+                left -= len(block)
+                yield block
+
+        return ObjectStream(key, size, n, "application/octet-stream", sha, chunks(), f.close)
+
     def create_multipart(
         self, key: str, size: int | None = None, content_type: str = "application/octet-stream"
     ) -> None:
@@ -833,6 +984,7 @@ __all__ = [
     "DirStorage",
     "MultipartNotSupported",
     "ObjectNotFound",
+    "ObjectStream",
     "S3Storage",
     "Storage",
     "StorageError",

@@ -10,32 +10,47 @@ then counts the bytes actually produced, since declared sizes can lie, and stops
 ``extract_members`` writes into a temporary folder next to the destination, proves each target stays
 inside it, and renames the folder into place only when everything is written.
 
-The limits are module constants (``ZipLimits``); they are meant to become settings.
+The limits (``ZipLimits``) are settings (``GMPI_ZIP_MAX_*``, ``GMPI_ZIP_RATIO_FLOOR_BYTES``: SECURITY.md,
+"Limits and their settings"); the module constants below are their defaults. A function given no
+``limits`` applies the process's settings (``default_limits()``). The ratio rule and its numbers are
+shared with the library's bounded member reads (``gmpi_core.data.ziplimits``), which apply them again
+wherever a training or evaluation process reads a dataset's images.
 """
 
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import shutil
 import stat
+import struct
 import uuid
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gmpi_core.data import ziplimits as _shared  # standard library only: no torch in the gateway
+
+if TYPE_CHECKING:
+    from services.common.settings import Settings
 
 KIB, MIB, GIB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 CHUNK = 1 * MIB
 
-# --- limits (to become settings: see SECURITY.md) ---------------------------------------------------------
+# --- limits: the defaults of the GMPI_ZIP_* settings (services/common/settings.py, SECURITY.md) ----------
 MAX_MEMBERS = 1_000_000  # entries in one zip (each costs a ZipInfo in memory)
 MAX_MEMBER_BYTES = 4 * GIB  # uncompressed size of one member
 MAX_TOTAL_BYTES = 1024 * GIB  # uncompressed size of all members together
-MAX_RATIO = 100  # uncompressed / compressed, for members above RATIO_FLOOR_BYTES
-RATIO_FLOOR_BYTES = 1 * MIB  # small members may compress arbitrarily well: harmless
+MAX_RATIO = _shared.MAX_RATIO  # 100: uncompressed / compressed, for members above RATIO_FLOOR_BYTES
+RATIO_FLOOR_BYTES = _shared.RATIO_FLOOR_BYTES  # 1 MiB: small members may compress arbitrarily well
 MAX_CENTRAL_DIRECTORY_BYTES = 256 * MIB  # read from the store by ranged GETs (register / multipart)
+MAX_NAME_BYTES = 1024  # a member name (fixed: what every file system takes below a destination folder)
+MAX_SEGMENT_BYTES = 255  # one segment of it (NAME_MAX)
+MAX_IMAGE_BYTES = _shared.MAX_IMAGE_BYTES  # 256 MiB: one image read into memory (gmpi_core's ImageSource)
 
 
 @dataclass(frozen=True)
@@ -45,9 +60,34 @@ class ZipLimits:
     max_total_bytes: int = MAX_TOTAL_BYTES
     max_ratio: int = MAX_RATIO
     ratio_floor_bytes: int = RATIO_FLOOR_BYTES
+    max_central_directory_bytes: int = MAX_CENTRAL_DIRECTORY_BYTES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ZipLimits:
+        return cls(
+            max_members=settings.zip_max_members,
+            max_member_bytes=settings.zip_max_member_bytes,
+            max_total_bytes=settings.zip_max_total_bytes,
+            max_ratio=settings.zip_max_ratio,
+            ratio_floor_bytes=settings.zip_ratio_floor_bytes,
+            max_central_directory_bytes=settings.zip_max_central_directory_bytes,
+        )
 
 
-DEFAULT_LIMITS = ZipLimits()
+DEFAULT_LIMITS = ZipLimits()  # the module defaults (the settings' defaults); see default_limits()
+
+
+def default_limits() -> ZipLimits:
+    """The limits of this process's settings (``GMPI_ZIP_*``; the module defaults where unset)."""
+    from services.common.settings import get_settings
+
+    return ZipLimits.from_settings(get_settings())
+
+
+def _limits(limits: ZipLimits | None) -> ZipLimits:
+    return default_limits() if limits is None else limits
+
+
 # a gmpi_pth import is decompressed by the gateway (to a temporary file, never into memory)
 CHECKPOINT_LIMITS = ZipLimits(max_members=64, max_member_bytes=2 * GIB, max_total_bytes=4 * GIB)
 
@@ -56,6 +96,37 @@ INVALID_ZIP = "invalid_zip"
 UNSAFE_MEMBER = "unsafe_zip_member"
 ZIP_BOMB = "zip_bomb"
 ZIP_TOO_LARGE = "zip_too_large"
+
+
+# what zipfile raises on a malformed archive while parsing its end records and central directory
+# (NotImplementedError: "zip file version 25.5" and multi-disk archives; UnicodeDecodeError, a ValueError:
+# a name flagged UTF-8 that is not; struct.error: short records). Never MemoryError, and never a blanket
+# Exception: a job's cancellation is an exception raised inside the task's thread.
+_PARSE_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    struct.error,
+    IndexError,
+    KeyError,
+    OverflowError,
+)
+
+
+# ... and while decompressing a member: zlib.error, NotImplementedError (an unsupported method),
+# RuntimeError (encrypted), lzma.LZMAError, struct.error (a short record), OverflowError
+_MEMBER_ERRORS: tuple[type[BaseException], ...] = (
+    zlib.error,
+    lzma.LZMAError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    IndexError,
+    OverflowError,
+)
 
 
 class UnsafeZipError(ValueError):
@@ -79,10 +150,15 @@ def _shown(name: str) -> str:
 def check_name(name: str) -> str:
     """``name`` if it is a safe relative member path (a trailing ``/`` marks a folder), else
     UnsafeZipError: no NUL or control characters, no backslash, not absolute, no drive letter, no
-    empty, ``.`` or ``..`` segment."""
+    empty, ``.`` or ``..`` segment, no segment above ``MAX_SEGMENT_BYTES`` and at most ``MAX_NAME_BYTES``
+    in all (UTF-8: what a file system could not create fails here, not half-way through an extraction)."""
     bad = None
     if not name:
         bad = "is empty"
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        bad = f"is longer than {MAX_NAME_BYTES} bytes"
+    elif any(len(p.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for p in name.split("/")):
+        bad = f"has a segment longer than {MAX_SEGMENT_BYTES} bytes"
     elif any(ord(c) < 32 or c == "\x7f" for c in name):
         bad = "has a NUL or control character"
     elif "\\" in name:
@@ -106,18 +182,21 @@ def _is_special(info: zipfile.ZipInfo) -> bool:
 
 
 def check_entries(
-    z: zipfile.ZipFile, archive_size: int | None = None, limits: ZipLimits = DEFAULT_LIMITS
+    z: zipfile.ZipFile, archive_size: int | None = None, limits: ZipLimits | None = None
 ) -> list[zipfile.ZipInfo]:
     """The zip's file entries (folders left out) after checking every entry of the central directory:
     names, types, duplicates, and declared sizes against ``limits`` (and against ``archive_size``, the
     zip's size in bytes, when given: a compressed size that does not fit the archive is a lie that would
     make the ratio check meaningless). Decompresses nothing."""
+    limits = _limits(limits)
     infos = z.infolist()
     if len(infos) > limits.max_members:
         raise UnsafeZipError(
             ZIP_TOO_LARGE, f"the zip has {len(infos)} entries; the limit is {limits.max_members}"
         )
     seen: set[str] = set()
+    file_keys: set[str] = set()
+    folders: dict[str, str] = {}  # every folder some name needs → a name that needs it
     files = []
     total = 0
     for info in infos:
@@ -129,6 +208,11 @@ def check_entries(
         if key in seen:
             raise UnsafeZipError(UNSAFE_MEMBER, f"zip member {_shown(name)} appears more than once", name)
         seen.add(key)
+        if not info.is_dir():
+            file_keys.add(key)
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            folders.setdefault("/".join(parts[:i]), name)
         if _is_special(info):
             raise UnsafeZipError(
                 UNSAFE_MEMBER, f"zip member {_shown(name)} is a symlink or special file, not a file", name
@@ -149,8 +233,8 @@ def check_entries(
                 f"{info.header_offset}, beyond the end of the {archive_size}-byte zip",
                 name,
             )
-        if info.file_size > limits.ratio_floor_bytes and info.file_size > limits.max_ratio * max(
-            info.compress_size, 1
+        if _shared.exceeds_ratio(
+            info.file_size, info.compress_size, limits.max_ratio, limits.ratio_floor_bytes
         ):
             raise UnsafeZipError(
                 ZIP_BOMB,
@@ -165,17 +249,84 @@ def check_entries(
                 f"the zip's members add up to more than {limits.max_total_bytes} bytes uncompressed",
             )
         files.append(info)
+    for folder in file_keys & folders.keys():  # "a" as a file and "a/b" below it: not extractable
+        raise UnsafeZipError(
+            UNSAFE_MEMBER,
+            f"zip member {_shown(folder)} is a file, but {_shown(folders[folder])} needs it as a folder",
+            folder,
+        )
     return files
 
 
+_CD_ENTRY = struct.Struct("<4s24xHHH12x")  # a central-directory header: signature, name/extra/comment lengths
+
+
+def check_end_records(fp: Any, limits: ZipLimits | None = None) -> None:
+    """Before ``zipfile`` parses a central directory into one ``ZipInfo`` per entry (about 0.6 KiB of
+    memory each, whatever the entry count in the end record says): refuse a central directory above
+    ``max_central_directory_bytes``, an end record that counts more than ``max_members`` entries, and one
+    that could hold more than that many (46 bytes each at least), counted by walking its headers in
+    bounded chunks. ``fp``: a seekable binary file. Unreadable end records are left to ``zipfile``."""
+    limits = _limits(limits)
+    try:
+        endrec = zipfile._EndRecData(fp)  # type: ignore[attr-defined]  # (stable since Python 2)
+    except OSError:
+        return
+    if not endrec:
+        return
+    size_cd, offset_cd, count = endrec[5], endrec[6], endrec[4]  # _ECD_SIZE, _ECD_OFFSET, _ECD_ENTRIES_TOTAL
+    if size_cd > limits.max_central_directory_bytes:
+        raise UnsafeZipError(
+            ZIP_TOO_LARGE,
+            f"the zip's central directory is {size_cd} bytes; the limit is "
+            f"{limits.max_central_directory_bytes}",
+        )
+    if count > limits.max_members:
+        raise UnsafeZipError(ZIP_TOO_LARGE, f"the zip has {count} entries; the limit is {limits.max_members}")
+    if size_cd <= 46 * limits.max_members:
+        return
+    start = endrec[9] - size_cd - offset_cd  # where zipfile will look: _RealGetContents' "concat"
+    if endrec[0] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+    start += offset_cd
+    if start < 0:
+        return
+    fp.seek(start)
+    buf, pos, n, left = b"", 0, 0, size_cd
+    while True:
+        while pos + _CD_ENTRY.size > len(buf):  # the next header is not all in the buffer: read on
+            chunk = fp.read(min(CHUNK, left)) if left > 0 else b""
+            if not chunk:
+                return  # the end of the central directory (or a truncated one: zipfile refuses it)
+            left -= len(chunk)
+            if pos >= len(buf):  # the previous entry's name/extra/comment end inside (or past) the chunk
+                buf, pos = chunk, pos - len(buf)
+            else:
+                buf, pos = buf[pos:] + chunk, 0
+        sig, nlen, elen, clen = _CD_ENTRY.unpack_from(buf, pos)
+        if sig != b"PK\x01\x02":
+            return  # zipfile refuses it
+        n += 1
+        if n > limits.max_members:
+            raise UnsafeZipError(
+                ZIP_TOO_LARGE, f"the zip has more than {limits.max_members} entries; that is the limit"
+            )
+        pos += _CD_ENTRY.size + nlen + elen + clen
+
+
 def open_checked(
-    path: str | os.PathLike[str], limits: ZipLimits = DEFAULT_LIMITS
+    path: str | os.PathLike[str], limits: ZipLimits | None = None
 ) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
     """Open a local zip and check its central directory; → (the open ZipFile, its file entries).
     UnsafeZipError (code ``invalid_zip`` for an unreadable zip) otherwise."""
+    limits = _limits(limits)
     try:
+        with open(path, "rb") as fp:
+            check_end_records(fp, limits)
         z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+    except _PARSE_ERRORS as e:
+        if isinstance(e, UnsafeZipError):
+            raise
         raise UnsafeZipError(INVALID_ZIP, f"not a readable zip file ({e})") from e
     try:
         return z, check_entries(z, os.path.getsize(path), limits)
@@ -184,7 +335,7 @@ def open_checked(
         raise
 
 
-def check_zip(path: str | os.PathLike[str], limits: ZipLimits = DEFAULT_LIMITS) -> list[zipfile.ZipInfo]:
+def check_zip(path: str | os.PathLike[str], limits: ZipLimits | None = None) -> list[zipfile.ZipInfo]:
     """``open_checked`` for its entries only."""
     z, files = open_checked(path, limits)
     z.close()
@@ -222,9 +373,7 @@ def copy_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, out: _Writer, limit: 
         raise UnsafeZipError(
             INVALID_ZIP, f"zip member {_shown(info.filename)} is corrupt ({e})", info.filename
         ) from e
-    except (
-        Exception
-    ) as e:  # zlib.error, NotImplementedError (an unsupported method), RuntimeError (encrypted)
+    except _MEMBER_ERRORS as e:  # not a blanket Exception: a job's cancellation must pass through
         raise UnsafeZipError(
             INVALID_ZIP, f"zip member {_shown(info.filename)} cannot be read ({e})", info.filename
         ) from e
@@ -271,7 +420,7 @@ def extract_members(
     zip_path: str | os.PathLike[str],
     dest: Path,
     members: Mapping[str, str] | Iterable[str] | None = None,
-    limits: ZipLimits = DEFAULT_LIMITS,
+    limits: ZipLimits | None = None,
 ) -> Path:
     """Extract ``members`` of a zip into ``dest`` (every file when None; a mapping names each member's
     relative target), after ``check_entries``: written into a temporary folder next to ``dest`` (each
@@ -304,7 +453,7 @@ def extract_members(
     return dest
 
 
-def extract_all(zip_path: str | os.PathLike[str], dest: Path, limits: ZipLimits = DEFAULT_LIMITS) -> Path:
+def extract_all(zip_path: str | os.PathLike[str], dest: Path, limits: ZipLimits | None = None) -> Path:
     """Every file of the zip into ``dest`` (see ``extract_members``)."""
     return extract_members(zip_path, dest, None, limits)
 
@@ -319,9 +468,12 @@ class RangeReader(io.RawIOBase):
     than ``budget`` bytes in all: enough for ``zipfile`` to parse the central directory of a zip of any
     size without downloading it."""
 
-    def __init__(self, store: _RangeSource, key: str, size: int, budget: int) -> None:
+    def __init__(
+        self, store: _RangeSource, key: str, size: int, budget: int, limit: int | None = None
+    ) -> None:
         super().__init__()
         self.store, self.key, self.size, self.budget = store, key, size, budget
+        self.limit = budget if limit is None else limit  # what the message names
         self.pos = 0
 
     def readable(self) -> bool:
@@ -346,7 +498,7 @@ class RangeReader(io.RawIOBase):
         if n > self.budget:
             raise UnsafeZipError(
                 ZIP_TOO_LARGE,
-                f"the zip's central directory is larger than {MAX_CENTRAL_DIRECTORY_BYTES} bytes",
+                f"the zip's central directory is larger than {self.limit} bytes",
             )
         self.budget -= n
         data = self.store.read_range(self.key, self.pos, n)
@@ -360,14 +512,19 @@ class RangeReader(io.RawIOBase):
 
 
 def check_stored_zip(
-    store: _RangeSource, key: str, size: int, limits: ZipLimits = DEFAULT_LIMITS
+    store: _RangeSource, key: str, size: int, limits: ZipLimits | None = None
 ) -> list[zipfile.ZipInfo]:
     """``check_entries`` of a zip in the object store (``size`` bytes), reading only its end records and
-    central directory (at most ``MAX_CENTRAL_DIRECTORY_BYTES`` + 128 KiB)."""
-    reader = RangeReader(store, key, size, MAX_CENTRAL_DIRECTORY_BYTES + 128 * KIB)
+    central directory (at most twice ``limits.max_central_directory_bytes``, + 256 KiB)."""
+    limits = _limits(limits)
+    cd_limit = limits.max_central_directory_bytes
+    # the central directory may be read twice: counted by check_end_records (only when it is large enough
+    # to hold more than max_members entries), then parsed by zipfile
+    reader = RangeReader(store, key, size, 2 * cd_limit + 256 * KIB, cd_limit)  # + end records, twice
     try:
+        check_end_records(reader, limits)
         z = zipfile.ZipFile(reader)  # type: ignore[arg-type]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as e:
+    except _PARSE_ERRORS as e:
         if isinstance(e, UnsafeZipError):
             raise
         raise UnsafeZipError(INVALID_ZIP, f"not a readable zip file ({e})") from e

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,17 @@ REQUESTS = Counter("gmpi_http_requests_total", "HTTP requests", ["method", "rout
 LATENCY = Histogram("gmpi_http_request_seconds", "HTTP request latency", ["method", "route"])
 
 
+def _migrate_owners(redis_url: str) -> None:
+    from services.common.jobs import JobStore
+
+    try:
+        changed = JobStore.from_url(redis_url).migrate_owners()
+        if changed:
+            errors.log.info("replaced raw API keys by owner ids in %d Redis keys", changed)
+    except Exception as exc:  # Redis away: the next start tries again
+        errors.log.warning("owner migration skipped: %s", exc)
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
 
@@ -32,6 +44,9 @@ def create_app() -> FastAPI:
             get_storage(settings).ensure_ready()
         except Exception as exc:  # /readyz reports it; the gateway still starts
             errors.log.warning("storage not ready at startup: %s", exc)
+        # job records of versions before ownership hold raw API keys: hash them (in the background;
+        # readers hash such owners anyway, so nothing waits for it)
+        threading.Thread(target=_migrate_owners, args=(settings.redis_url,), daemon=True).start()
         yield
 
     # the API description is off unless GMPI_EXPOSE_DOCS=true: 404 for /docs, /redoc and /openapi.json

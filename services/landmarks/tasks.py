@@ -18,7 +18,7 @@ from typing import Any
 from celery import chord
 
 from services.common import zips
-from services.common.artifacts import fetch_dataset_images
+from services.common.artifacts import check_dataset_zip, fetch_dataset_images
 from services.common.celery_app import app
 from services.common.keys import dataset_prefix, job_prefix
 from services.common.tasks import SINCE_START, TRANSIENT, JobContext, JobInputError, run_job
@@ -66,12 +66,10 @@ def _extract(source: Path, names: list[str], dest: Path) -> None:
 
 def _check_images_zip(source: Path, dataset_id: str) -> None:
     """Refuse a zip that could escape a scratch folder or decompress without bound, whichever route it
-    came by (a presigned PUT is seen by nothing before this)."""
+    came by (a presigned PUT is seen by nothing before this; ``fetch_dataset_images`` checks it too). The
+    job's error carries the zip check's code (``artifacts.DatasetZipRefused``, a JobInputError)."""
     if source.is_file():
-        try:
-            zips.check_zip(source)
-        except zips.UnsafeZipError as e:
-            raise JobInputError(f"dataset '{dataset_id}': its images.zip is refused: {e}") from e
+        check_dataset_zip(source, dataset_id)
 
 
 def _start(ctx: JobContext) -> dict[str, Any]:

@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from services.common import checkpoint_zip, zips
 from services.common.artifacts import fetch_model, model_manifest
 from services.common.celery_app import app
-from services.common.keys import job_prefix, model_prefix
+from services.common.keys import job_prefix, model_prefix, normalize_owner
+from services.common.redact import public_message
 from services.common.settings import get_settings
 from services.common.storage import get_storage
 from services.common.tasks import TRANSIENT, JobContext, job_task
-from services.renderer.cache import LRU
+from services.renderer.cache import LRU, export_name, prune_exports, quantize_psi
 
+log = logging.getLogger("gmpi.renderer")
 _models: LRU[Any] | None = None
 _mpis: LRU[Any] | None = None
 
@@ -53,6 +58,7 @@ def get_mpi(model_id: str, seed: int, psi: float, planes: int | None) -> tuple[A
 
     gmpi, version = load_model(model_id)
     _, mpis = _caches()
+    psi = quantize_psi(psi)  # nearby floats share one entry (and one generation)
     mpi = mpis.get(
         (model_id, version, seed, psi, planes),
         lambda: generate_mpi(gmpi, seed, n_planes=planes, truncation_psi=psi),
@@ -177,11 +183,14 @@ def unrenderable_view(
 def export_mpi(
     model_id: str, seed: int, psi: float = 1.0, planes: int | None = None, fmt: str = "png"
 ) -> str:
-    """Export (once) the MPI of a seed for the browser viewer; → its committed store prefix."""
+    """Export (once) the MPI of a seed for the browser viewer; → its committed store prefix. ψ is
+    quantized to 0.01; a model keeps its newest GMPI_MPI_EXPORTS_PER_MODEL exports (older ones are
+    deleted after each new one, and made again when asked for)."""
     from gmpi_core.render.export import export_mpi as write_export
 
     storage = get_storage()
-    prefix = f"{model_prefix(model_id)}mpi/s{seed}-p{planes or 0}-psi{psi:g}-{fmt}/"
+    psi = quantize_psi(psi)
+    prefix = f"{model_prefix(model_id)}mpi/{export_name(seed, planes, psi, fmt)}"
     if storage.manifest(prefix) is not None:
         return prefix
     gmpi, mpi = get_mpi(model_id, seed, psi, planes)
@@ -195,17 +204,47 @@ def export_mpi(
         )
         files = storage.upload_dir(out, prefix)
     storage.commit(prefix, files, {"model_id": model_id, "seed": seed, "psi": psi})
+    prune_exports(storage, model_id, get_settings().mpi_exports_per_model, protect=prefix)
     return prefix
 
 
-@job_task("gmpi.render.video")
-def render_video(ctx: JobContext) -> dict[str, Any]:
+class UnrenderableSweep(ValueError):
+    """A video's sweep passes views the model's MPI cannot show: the job fails with this code and the
+    details of the single-view 422 (``unrenderable_view``) before any frame is rendered."""
+
+    code = "unrenderable_view"
+
+    def __init__(self, problem: dict[str, Any], frame: int, frames: int) -> None:
+        super().__init__(f"frame {frame} of {frames} of the sweep: {problem['message']}")
+        self.details = {**problem["details"], "frame": frame, "frames": frames}
+
+
+def check_sweep(gmpi: Any, mpi: Any, yaws: Any, pitches: Any, size: int | None) -> None:
+    """UnrenderableSweep at the first pose of the sweep that the renderer would refuse.
+
+    The sweeps are fixed (horizontal: yaw 0.5 → −0.5 rad at pitch 0; vertical: pitch 0.3 → −0.3 at yaw 0),
+    so they leave the renderable range only for a model whose camera cannot show those views. Such a
+    video is refused, not clamped: clamping would silently make a different video than the one asked for,
+    and the error says which |yaw| (|pitch|) renders. The check is the renderer's own, per pose (cheap:
+    no pixels)."""
+    side = int(size or 64)
+    for i, (yaw, pitch) in enumerate(zip(yaws, pitches)):
+        if _view_problem(gmpi, mpi, float(yaw), float(pitch), side) is not None:
+            problem = unrenderable_view(gmpi, mpi, float(yaw), float(pitch), size)
+            if problem is not None:
+                raise UnrenderableSweep(problem, i, len(yaws))
+
+
+def render_video_job(ctx: JobContext) -> dict[str, Any]:
     """Sweep videos (RGB and depth) of one seed, as ``gmpi_core.render.video.write_sweep_videos`` writes
-    them, frame batch by frame batch so the job's progress counts rendered frames. Progress units: the
-    frames, then one per video file encoded, then one for the upload."""
-    from gmpi_core.render.io import depth_to_uint8, save_video, to_uint8
+    them, each frame handed to the encoders as soon as its batch is rendered (``services/renderer/
+    video.py``: memory holds one batch, not the video); the job's progress counts rendered frames.
+    Progress units: the frames, then one per video file finished, then one for the upload. A sweep the
+    MPI cannot show fails before the first frame (``check_sweep``)."""
+    from gmpi_core.render.io import depth_to_uint8, to_uint8
     from gmpi_core.render.video import VIDEO_FPS, VIDEO_QUALITY, video_name
     from gmpi_core.render.views import render_views, sweep_poses
+    from services.renderer.video import FrameWriter
 
     p = ctx.params
     seed, n = int(p["seed"]), int(p.get("frames", 30))
@@ -217,24 +256,41 @@ def render_video(ctx: JobContext) -> dict[str, Any]:
     gmpi, mpi = get_mpi(p["model_id"], seed, float(p.get("psi", 1.0)), p.get("planes"))
     cam = gmpi.config.camera
     yaws, pitches = sweep_poses(sweep, n)
-    rgb: list[Any] = []
-    depth: list[Any] = []
-    ctx.progress(0, total, f"rendering frames 0/{n}", stage="frames")
-    for images, depths in render_views(gmpi, mpi, yaws, pitches, size=p.get("size"), out_of_bounds="clamp"):
-        rgb.extend(to_uint8(im) for im in images)
-        depth.extend(depth_to_uint8(d, cam.d_near, cam.d_far) for d in depths)
-        ctx.progress(len(rgb), total, f"rendering frames {len(rgb)}/{n}", stage="frames")
+    check_sweep(gmpi, mpi, yaws, pitches, p.get("size"))
     out = ctx.work_dir / "videos"
+    writers = {
+        (kind, fmt): FrameWriter(out / video_name(kind, sweep, fmt), VIDEO_FPS, VIDEO_QUALITY)
+        for kind in ("rgb", "depth")
+        for fmt in formats
+    }
     paths: list[Path] = []
-    for kind, frames in (("rgb", rgb), ("depth", depth)):
-        for fmt in formats:
-            name = video_name(kind, sweep, fmt)
-            ctx.progress(n + len(paths), total, f"encoding {name} ({n} frames)", stage="frames")
-            paths.append(save_video(out / name, frames, fps=VIDEO_FPS, quality=VIDEO_QUALITY))
+    try:
+        done = 0
+        ctx.progress(0, total, f"rendering frames 0/{n}", stage="frames")
+        for images, depths in render_views(
+            gmpi, mpi, yaws, pitches, size=p.get("size"), out_of_bounds="clamp"
+        ):
+            for image, d in zip(images, depths):
+                frame, depth = to_uint8(image), depth_to_uint8(d, cam.d_near, cam.d_far)
+                for fmt in formats:
+                    writers["rgb", fmt].append(frame)
+                    writers["depth", fmt].append(depth)
+                done += 1
+            ctx.progress(done, total, f"rendering frames {done}/{n}", stage="frames")
+        for w in writers.values():
+            ctx.progress(n + len(paths), total, f"finishing {w.path.name} ({n} frames)", stage="frames")
+            paths.append(w.close())
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
     ctx.progress(total - 1, total, f"uploading {len(paths)} videos", stage="frames")
     keys = [ctx.storage.put_file(f"{job_prefix(ctx.job_id)}videos/{q.name}", q).key for q in paths]
     ctx.jobs.add_artifacts(ctx.job_id, keys)
     return {"videos": keys}
+
+
+render_video = job_task("gmpi.render.video")(render_video_job)
 
 
 @job_task("gmpi.render.mesh")
@@ -274,19 +330,58 @@ def _experiment_for(generator: Any, preset_name: str) -> Any:
     )
 
 
+def _import_error(exc: Exception, model_id: str, scratch: str) -> dict[str, Any]:
+    """What the client learns of a failed import: a code and a message, never this worker's paths or a
+    traceback (those go to the log). The safe readers' and the zip checks' errors describe the file the
+    client sent (paths in them are cut to the file's name); anything else is a bug or an outage, told as
+    such."""
+    from gmpi_core.checkpoints import CHECKPOINT_ERRORS
+
+    roots = [os.path.join(scratch, "src"), scratch] if scratch else []
+    if isinstance(exc, zips.UnsafeZipError):
+        log.info("import %s refused: %s", model_id, exc)
+        err: dict[str, Any] = {
+            "code": exc.code,
+            "status": exc.http_status,
+            "message": public_message(str(exc), *roots),
+        }
+        if exc.member is not None:
+            err["details"] = {"member": exc.member[:200]}
+        return err
+    if isinstance(exc, CHECKPOINT_ERRORS):
+        log.info("import %s refused: %s: %s", model_id, type(exc).__name__, exc)
+        return {"code": "invalid_checkpoint", "message": public_message(str(exc), *roots)}
+    log.exception("import %s failed", model_id)
+    return {
+        "code": "invalid_checkpoint",
+        "message": f"the checkpoint could not be converted (an unexpected error; the render worker's log "
+        f"has the details under model id {model_id})",
+    }
+
+
 @app.task(name="gmpi.render.import_model")
-def import_model(model_id: str, kind: str, preset_name: str | None, keys: list[str]) -> dict[str, Any]:
+def import_model(
+    model_id: str, kind: str, preset_name: str | None, keys: list[str], owner: str | None = None
+) -> dict[str, Any]:
     """Convert an uploaded official checkpoint (``stylegan2_pkl``: one ``.pkl``; ``gmpi_pth``: config.pth,
-    ema.pth [, generator.pth]) with the safe readers into a native model; → {ok, ...} or {error}."""
+    ema.pth [, generator.pth]) with the safe readers into a native model; → {ok, ...} or {error}.
+    ``owner``: the importing key's owner id, recorded in the manifest (only it and admins see the model)."""
     from gmpi_core.pipeline import GMPI
 
     storage = get_storage()
     prefix = model_prefix(model_id)
+    tmp = ""
     try:
         with tempfile.TemporaryDirectory(prefix="gmpi-import-") as tmp:
             src = Path(tmp) / "src"
             for k in keys:
-                storage.get_file(k, src / k.rsplit("/", 1)[-1])
+                name = k.rsplit("/", 1)[-1]
+                if name.endswith(".zip"):  # a gmpi_pth upload as it came: extracted here, not in the gateway
+                    archive = storage.get_file(k, Path(tmp) / "upload" / name)
+                    checkpoint_zip.extract(archive, src)
+                    archive.unlink()
+                else:
+                    storage.get_file(k, src / name)
             if kind == "stylegan2_pkl":
                 from gmpi_core.checkpoints import init_gmpi_from_stylegan2
 
@@ -305,7 +400,8 @@ def import_model(model_id: str, kind: str, preset_name: str | None, keys: list[s
                 for p in sorted(Path(out).iterdir())
                 if p.is_file()
             }
-    except Exception as exc:  # the safe readers raise ValueError subclasses with a clear message
-        return {"error": {"code": "invalid_checkpoint", "message": f"{type(exc).__name__}: {exc}"}}
-    storage.commit(prefix, files, {"model_id": model_id, "source": kind, "preset": cfg.name})
+    except Exception as exc:
+        return {"error": _import_error(exc, model_id, tmp)}
+    extra = {"model_id": model_id, "source": kind, "preset": cfg.name, "owner": normalize_owner(owner)}
+    storage.commit(prefix, files, extra)
     return {"model_id": model_id, "preset": cfg.name}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.artifacts import MODEL_FILES, fetch_dataset_images, fetch_dataset_poses
-from services.common.keys import job_prefix, model_prefix
+from services.common.keys import job_prefix, model_prefix, normalize_owner
 from services.common.storage import ObjectNotFound
 from services.common.tasks import JobCancelled, JobContext, JobInputError, job_task
 
@@ -266,6 +266,11 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def _job_owner(ctx: JobContext) -> str | None:
+    """The owner id of the key that submitted the job (None: a job without one; the model is shared)."""
+    return normalize_owner(ctx.jobs.get(ctx.job_id).get("owner"))
+
+
 def _publish_model(ctx: JobContext, run: Path) -> list[str]:
     prefix = model_prefix(ctx.params["model_id"])
     files = {}
@@ -279,6 +284,8 @@ def _publish_model(ctx: JobContext, run: Path) -> list[str]:
         "dataset_id": ctx.params.get("dataset_id"),
         "steps": ctx.params["steps"],
         "source": "train",
+        # the model belongs to the key that submitted the job (SECURITY.md, "API keys and ownership")
+        "owner": _job_owner(ctx),
     }
     ctx.storage.commit(prefix, files, extra)
     return [prefix + rel for rel in files]

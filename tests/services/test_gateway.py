@@ -166,7 +166,11 @@ def test_same_idempotency_key_gives_the_same_job(client: TestClient, trainable: 
     assert client.get("/v1/jobs", headers=KEY).json()["total"] == 1
 
 
-def test_an_idempotency_key_reused_with_another_body_is_409(client: TestClient, trainable: str) -> None:
+def test_an_idempotency_key_reused_with_another_body_is_409(
+    client: TestClient, trainable: str, settings: Settings
+) -> None:
+    from services.common.storage import get_storage
+
     h = {**KEY, "Idempotency-Key": "nightly-7"}
     body = {"type": "train", "params": {"dataset_id": trainable, "steps": 5}}
     first = client.post("/v1/jobs", json=body, headers=h)
@@ -181,10 +185,16 @@ def test_an_idempotency_key_reused_with_another_body_is_409(client: TestClient, 
     )
     assert err["details"]["job_id"] == first.json()["id"] and err["details"]["idempotency_key"] == "nightly-7"
     assert client.get("/v1/jobs", headers=KEY).json()["total"] == 1
-    # keys belong to an API key: another caller's "nightly-7" is its own
-    other = client.post(
-        "/v1/jobs", json=changed, headers={"X-API-Key": "other-key", "Idempotency-Key": "nightly-7"}
-    )
+    # keys belong to an API key: another caller's "nightly-7" is its own (on a dataset of its own: another
+    # key's dataset is unknown to it)
+    other_key = {"X-API-Key": "other-key"}
+    theirs = client.post("/v1/datasets", json={"name": "o"}, headers=other_key).json()["id"]
+    storage = get_storage(settings)
+    storage.put_bytes(f"datasets/{theirs}/images.zip", b"PK\x05\x06" + bytes(18), "application/zip")
+    storage.put_bytes(f"datasets/{theirs}/poses/00000/a.mat", b"mat", "application/octet-stream")
+    changed_theirs = {"type": "train", "params": {"dataset_id": theirs, "steps": 6}}
+    other_h = {**other_key, "Idempotency-Key": "nightly-7"}
+    other = client.post("/v1/jobs", json=changed_theirs, headers=other_h)
     assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
 
 

@@ -225,17 +225,41 @@ def _import_peak(path: Path, tmp_path: Path) -> tuple[int, BaseException | None]
     return peak, err
 
 
-@pytest.mark.parametrize("which,code", [("big", "zip_bomb"), ("liar", "invalid_zip")])
-def test_checkpoint_import_bomb_is_refused_with_bounded_memory(
-    bombs: dict[str, Path], tmp_path: Path, which: str, code: str
+def test_checkpoint_import_bomb_is_refused_by_the_gateways_header_check(
+    bombs: dict[str, Path], tmp_path: Path
 ) -> None:
-    assert bombs[which].stat().st_size < 400_000
-    peak, err = _import_peak(bombs[which], tmp_path)
+    """A bomb its central directory shows (declared sizes and ratio) never leaves the gateway; one that
+    lies about its sizes passes the header check (the gateway decompresses nothing) and is the worker's
+    to refuse (next test)."""
+    assert bombs["big"].stat().st_size < 400_000
+    peak, err = _import_peak(bombs["big"], tmp_path)
     assert peak < 32 * MIB, f"the gateway held {peak / MIB:.0f} MiB"
     from services.gateway.errors import ApiError
 
     assert isinstance(err, ApiError), err
-    assert err.status in (413, 422) and err.code == code, (err.status, err.code, err.message)
+    assert err.status == 422 and err.code == "zip_bomb", (err.status, err.code, err.message)
+    _, err = _import_peak(bombs["liar"], tmp_path)
+    assert err is None, err
+
+
+@pytest.mark.parametrize("which,code", [("big", "zip_bomb"), ("liar", "invalid_zip")])
+def test_checkpoint_bomb_is_refused_by_the_workers_extraction_with_bounded_memory(
+    bombs: dict[str, Path], tmp_path: Path, which: str, code: str
+) -> None:
+    from services.common import checkpoint_zip
+
+    err: BaseException | None = None
+    tracemalloc.start()
+    try:
+        checkpoint_zip.extract(bombs[which], tmp_path / "src")
+    except zips.UnsafeZipError as e:
+        err = e
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 32 * MIB, f"the worker held {peak / MIB:.0f} MiB"
+    assert isinstance(err, zips.UnsafeZipError) and err.code == code, err
+    assert not list((tmp_path / "src").iterdir())  # nothing half-extracted is left
 
 
 def test_checkpoint_import_bomb_through_the_gateway(

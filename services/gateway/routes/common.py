@@ -11,7 +11,6 @@ from urllib.parse import quote
 
 from fastapi import Request
 
-from services.common.jobs import JobStore
 from services.common.keys import InvalidKeyError, validate_id
 from services.common.storage import Storage
 from services.gateway.errors import ApiError
@@ -46,16 +45,6 @@ def job_view(rec: dict[str, Any], storage: Storage | None = None) -> Job:
     data["info"] = rec.get("info") or {}
     data["attempts"] = rec.get("attempts") or 0
     return Job(**data, artifacts=artifacts)
-
-
-def get_job_or_404(jobs: JobStore, job_id: str) -> dict[str, Any]:
-    from services.common.jobs import JobNotFound
-
-    check_id(job_id, "job_id")
-    try:
-        return jobs.get(job_id)
-    except JobNotFound as e:
-        raise ApiError(404, "not_found", f"no job '{job_id}'") from e
 
 
 @contextlib.asynccontextmanager

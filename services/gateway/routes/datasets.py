@@ -24,9 +24,10 @@ from services.common.storage import (
     UploadNotFound,
     UploadRejected,
 )
-from services.gateway.deps import ApiKey, SettingsDep, StorageDep
+from services.gateway.access import dataset_record, may_read
+from services.gateway.deps import ApiKey, Caller, SettingsDep, StorageDep, UploadLimited
 from services.gateway.errors import ERROR_RESPONSES, ApiError
-from services.gateway.routes.common import artifact_url, check_id, spooled_body
+from services.gateway.routes.common import artifact_url, spooled_body
 from services.gateway.schemas import (
     MAX_PARTS,
     MIB,
@@ -51,12 +52,10 @@ _UPLOAD_ID = re.compile(r"^[A-Za-z0-9._~+=-]{1,1024}$")
 _NOT_SUPPORTED = "presigned uploads need the S3 storage backend; PUT the images instead"
 
 
-def _record(storage: Storage, dataset_id: str) -> dict:
-    check_id(dataset_id, "dataset_id")
-    try:
-        return storage.get_json(dataset_prefix(dataset_id) + RECORD)
-    except ObjectNotFound as e:
-        raise ApiError(404, "not_found", f"no dataset '{dataset_id}'") from e
+def _record(storage: Storage, dataset_id: str, caller: Caller, write: bool = False) -> dict:
+    """The dataset's record: 404 unless the caller may read it (its own, or shared); with ``write``
+    403 for a shared one unless the caller is an admin (services/gateway/access.py)."""
+    return dataset_record(storage, caller, dataset_id, write=write)
 
 
 def _ground_truth(storage: Storage, dataset_id: str, kind: str) -> GroundTruth | None:
@@ -102,29 +101,43 @@ def _view(storage: Storage, rec: dict) -> Dataset:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="create an empty dataset")
-def create_dataset(body: DatasetCreate, _: ApiKey, storage: StorageDep) -> Dataset:
-    rec: dict[str, Any] = {"id": new_id("ds"), "name": body.name, "created_at": round(time.time(), 3)}
+def create_dataset(body: DatasetCreate, caller: ApiKey, storage: StorageDep) -> Dataset:
+    """The dataset belongs to the caller's key (its owner id is recorded; other keys do not see it)."""
+    rec: dict[str, Any] = {
+        "id": new_id("ds"),
+        "name": body.name,
+        "created_at": round(time.time(), 3),
+        "owner": caller.id,
+    }
     storage.put_json(dataset_prefix(rec["id"]) + RECORD, rec)
     return _view(storage, rec)
 
 
 @router.get("", summary="list datasets")
-def list_datasets(_: ApiKey, storage: StorageDep) -> DatasetList:
+def list_datasets(caller: ApiKey, storage: StorageDep) -> DatasetList:
+    """The caller's datasets and shared ones (an admin key: every dataset)."""
     items = []
     for key in storage.list("datasets/"):
         if key.endswith("/" + RECORD) and key.count("/") == 2:
-            items.append(_view(storage, storage.get_json(key)))
+            try:
+                rec = storage.get_json(key)
+            except ObjectNotFound:  # deleted meanwhile
+                continue
+            if isinstance(rec, dict) and may_read(caller, rec):
+                items.append(_view(storage, rec))
     return DatasetList(items=sorted(items, key=lambda d: -d.created_at))
 
 
 @router.get("/{dataset_id}", summary="get a dataset")
-def get_dataset(dataset_id: str, _: ApiKey, storage: StorageDep) -> Dataset:
-    return _view(storage, _record(storage, dataset_id))
+def get_dataset(dataset_id: str, caller: ApiKey, storage: StorageDep) -> Dataset:
+    return _view(storage, _record(storage, dataset_id, caller))
 
 
 @router.post("/{dataset_id}/upload-url", summary="a presigned PUT URL for images.zip (S3 only)")
-def upload_url(dataset_id: str, _: ApiKey, storage: StorageDep, settings: SettingsDep) -> UploadUrl:
-    _record(storage, dataset_id)
+def upload_url(
+    dataset_id: str, caller: UploadLimited, storage: StorageDep, settings: SettingsDep
+) -> UploadUrl:
+    _record(storage, dataset_id, caller, write=True)
     key = dataset_prefix(dataset_id) + "images.zip"
     url = storage.presigned_put(key)
     if url is None:
@@ -163,9 +176,10 @@ def _refuse_if_images_exist(storage: Storage, dataset_id: str) -> None:
         )
 
 
-def _upload_key(storage: Storage, dataset_id: str, upload_id: str) -> tuple[dict, str]:
-    """(the dataset's record, the key its multipart uploads go to), after checking both ids."""
-    rec = _record(storage, dataset_id)
+def _upload_key(storage: Storage, dataset_id: str, upload_id: str, caller: Caller) -> tuple[dict, str]:
+    """(the dataset's record, the key its multipart uploads go to), after checking both ids and that
+    the caller may change the dataset."""
+    rec = _record(storage, dataset_id, caller, write=True)
     if not _UPLOAD_ID.match(upload_id):
         raise ApiError(
             422, "invalid_id", "upload_id has characters outside [A-Za-z0-9._~+=-]", {"field": "upload_id"}
@@ -180,11 +194,11 @@ def _upload_key(storage: Storage, dataset_id: str, upload_id: str) -> tuple[dict
     responses={409: {"description": "the directory storage backend (no presigned uploads)"}},
 )
 def start_upload(
-    dataset_id: str, body: MultipartCreate, _: ApiKey, storage: StorageDep, settings: SettingsDep
+    dataset_id: str, body: MultipartCreate, caller: UploadLimited, storage: StorageDep, settings: SettingsDep
 ) -> MultipartUpload:
     """PUT byte range ``[(n-1)·part_size, n·part_size)`` of the zip to the URL of part ``n``, keep each
     response's ``ETag`` header, then complete the upload with the list of (part_number, etag)."""
-    _record(storage, dataset_id)
+    _record(storage, dataset_id, caller, write=True)
     _refuse_if_images_exist(storage, dataset_id)
     part_size, count = _plan_parts(body.size, body.part_size)
     key = dataset_prefix(dataset_id) + "images.zip"
@@ -208,13 +222,13 @@ def start_upload(
     responses={409: {"description": "the directory storage backend"}},
 )
 def complete_upload(
-    dataset_id: str, upload_id: str, body: MultipartComplete, _: ApiKey, storage: StorageDep
+    dataset_id: str, upload_id: str, body: MultipartComplete, caller: UploadLimited, storage: StorageDep
 ) -> Dataset:
     """422 ``invalid_parts`` (the upload stays open: fix the list or upload the missing parts and
     complete again); 422 ``size_mismatch`` / ``invalid_zip`` when the assembled object is not the declared
     size or not a complete zip (it is deleted: upload again); 409 ``images_exist`` if images.zip
     appeared meanwhile (nothing is replaced)."""
-    rec, key = _upload_key(storage, dataset_id, upload_id)
+    rec, key = _upload_key(storage, dataset_id, upload_id, caller)
     _refuse_if_images_exist(storage, dataset_id)  # a streamed PUT may have landed since the start
     parts = [(p.part_number, p.etag) for p in body.parts]
     try:
@@ -241,8 +255,8 @@ def complete_upload(
     summary="abort a multipart upload (its parts are dropped)",
     responses={409: {"description": "the directory storage backend"}},
 )
-def abort_upload(dataset_id: str, upload_id: str, _: ApiKey, storage: StorageDep) -> Response:
-    _rec, key = _upload_key(storage, dataset_id, upload_id)
+def abort_upload(dataset_id: str, upload_id: str, caller: ApiKey, storage: StorageDep) -> Response:
+    _rec, key = _upload_key(storage, dataset_id, upload_id, caller)
     try:
         storage.abort_multipart(key, upload_id)
     except MultipartNotSupported as e:
@@ -318,9 +332,9 @@ def _check_stored_zip(storage: Storage, key: str, field: str) -> int:
     responses={413: {"description": "larger than GMPI_MAX_UPLOAD_BYTES"}},
 )
 async def upload_images(
-    dataset_id: str, request: Request, _: ApiKey, storage: StorageDep, settings: SettingsDep
+    dataset_id: str, request: Request, caller: UploadLimited, storage: StorageDep, settings: SettingsDep
 ) -> Dataset:
-    rec = await run_in_threadpool(_record, storage, dataset_id)
+    rec = await run_in_threadpool(_record, storage, dataset_id, caller, True)
     spool_dir = Path(settings.cache_dir) / "uploads"
     async with spooled_body(request, settings.max_upload_bytes, spool_dir, "the dataset zip") as path:
         await run_in_threadpool(_check_zip, path)
@@ -334,8 +348,10 @@ async def upload_images(
     "/{dataset_id}/register",
     summary="use images already in the bucket (images.zip or images/ below a prefix)",
 )
-def register_prefix(dataset_id: str, body: RegisterPrefix, _: ApiKey, storage: StorageDep) -> Dataset:
-    rec = _record(storage, dataset_id)
+def register_prefix(
+    dataset_id: str, body: RegisterPrefix, caller: UploadLimited, storage: StorageDep
+) -> Dataset:
+    rec = _record(storage, dataset_id, caller, write=True)
     try:
         prefix = validate_key(body.prefix.rstrip("/"), what="prefix") + "/"
     except InvalidKeyError as e:
@@ -406,7 +422,7 @@ def _decode_cursor(cursor: str, under: str) -> str:
 )
 def list_files(
     dataset_id: str,
-    _: ApiKey,
+    caller: ApiKey,
     storage: StorageDep,
     prefix: Annotated[
         str, Query(max_length=400, description="relative to the dataset, e.g. 'poses/' or 'landmarks/'")
@@ -419,7 +435,7 @@ def list_files(
     """Files below ``datasets/{id}/{prefix}`` in key order, ``limit`` per page, each with its size and a
     download URL (presigned on S3; the gateway's ``/v1/files/{key}`` on the directory backend). Follow
     ``next_cursor`` until it is null."""
-    _record(storage, dataset_id)
+    _record(storage, dataset_id, caller)
     base = dataset_prefix(dataset_id)
     if prefix:
         try:
@@ -456,7 +472,7 @@ async def upload_ground_truth(
     dataset_id: str,
     kind: Literal["synthetic", "deep3dface"],
     request: Request,
-    _: ApiKey,
+    caller: UploadLimited,
     storage: StorageDep,
     settings: SettingsDep,
 ) -> Dataset:
@@ -466,7 +482,7 @@ async def upload_ground_truth(
     ``recon/{aligned_depth,pred_depth,pred_mask,coeffs}`` for the geometry renders of an evaluate job with
     ``keep_images`` → ``depth_deep3dface``, ``pose_deep3dface``. The zip is checked (422
     ``invalid_ground_truth`` says what is missing) and replaces the dataset's earlier one of that kind."""
-    rec = await run_in_threadpool(_record, storage, dataset_id)
+    rec = await run_in_threadpool(_record, storage, dataset_id, caller, True)
     spool_dir = Path(settings.cache_dir) / "uploads"
     key = ground_truth_key(dataset_id, kind)
     async with spooled_body(
@@ -488,9 +504,9 @@ async def upload_ground_truth(
     summary="remove the dataset's ground truth of one kind",
 )
 def delete_ground_truth(
-    dataset_id: str, kind: Literal["synthetic", "deep3dface"], _: ApiKey, storage: StorageDep
+    dataset_id: str, kind: Literal["synthetic", "deep3dface"], caller: ApiKey, storage: StorageDep
 ) -> Response:
-    _record(storage, dataset_id)
+    _record(storage, dataset_id, caller, write=True)
     key = ground_truth_key(dataset_id, kind)
     if not storage.exists(key):
         raise ApiError(404, "not_found", f"dataset '{dataset_id}' has no {kind} ground truth")

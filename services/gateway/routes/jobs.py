@@ -10,9 +10,10 @@ from fastapi import APIRouter, Body, Header, Query, status
 from services.common.jobs import TERMINAL, IdempotencyConflict, request_sha256
 from services.common.keys import dataset_prefix
 from services.common.storage import Storage
-from services.gateway.deps import ApiKey, CeleryDep, JobsDep, StorageDep
+from services.gateway.access import job_record, readable_dataset, readable_model
+from services.gateway.deps import ApiKey, Caller, CeleryDep, JobLimited, JobsDep, StorageDep
 from services.gateway.errors import ERROR_RESPONSES, ApiError
-from services.gateway.routes.common import get_job_or_404, job_view
+from services.gateway.routes.common import job_view
 from services.gateway.schemas import Job, JobList, JobSubmit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -26,10 +27,30 @@ ENTRY_TASK = {
 }
 
 
-def _require_dataset(storage: Storage, dataset_id: str | None, field: str = "params.dataset_id") -> None:
-    if dataset_id and not storage.exists(dataset_prefix(dataset_id) + "dataset.json"):
+def _require_dataset(
+    storage: Storage,
+    caller: Caller,
+    dataset_id: str | None,
+    field: str = "params.dataset_id",
+    *,
+    write: bool = False,
+) -> None:
+    """A dataset the caller may read (another key's is unknown, like one that does not exist); with
+    ``write`` (a preprocess job writes landmarks and poses into it) one the caller owns (403 for a
+    shared dataset)."""
+    if not dataset_id:
+        return
+    rec = readable_dataset(storage, caller, dataset_id)
+    if rec is None:
         raise ApiError(
             422, "unknown_dataset", f"invalid field '{field}': no dataset '{dataset_id}'", {"field": field}
+        )
+    if write and not caller.owns(rec.get("owner")):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"invalid field '{field}': dataset '{dataset_id}' is shared; only admins may preprocess it",
+            {"field": field},
         )
 
 
@@ -54,8 +75,8 @@ def _require_training_data(storage: Storage, dataset_id: str, use_poses: bool) -
         )
 
 
-def _require_model(storage: Storage, model_id: str) -> None:
-    if not storage.exists(f"models/{model_id}/manifest.json"):
+def _require_model(storage: Storage, caller: Caller, model_id: str) -> None:
+    if readable_model(storage, caller, model_id) is None:
         raise ApiError(
             422,
             "unknown_model",
@@ -68,11 +89,15 @@ def _require_model(storage: Storage, model_id: str) -> None:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     summary="submit a job (202; the same job again for a seen Idempotency-Key)",
-    responses={409: {"description": "idempotency_key_reused: the key was used with a different body"}},
+    responses={
+        403: {"description": "a preprocess job for a shared dataset (only admins may change it)"},
+        409: {"description": "idempotency_key_reused: the key was used with a different body"},
+        429: {"description": "GMPI_JOB_RATE_LIMIT reached (Retry-After says when to retry)"},
+    },
 )
 def submit_job(
     body: Annotated[JobSubmit, Body()],
-    key: ApiKey,
+    caller: JobLimited,
     jobs: JobsDep,
     storage: StorageDep,
     celery: CeleryDep,
@@ -81,11 +106,12 @@ def submit_job(
     """With ``Idempotency-Key`` (per API key, kept a day) a repeated request returns the job the key
     first created; the key with a different request (compared as the sha256 of the validated body's
     canonical JSON, so key order, spacing and spelled-out defaults do not matter) is refused with 409
-    ``idempotency_key_reused``."""
+    ``idempotency_key_reused``. Datasets and models in the parameters must be ones the caller may read
+    (a preprocess job: a dataset it owns); GMPI_JOB_RATE_LIMIT submissions a minute per key."""
     params: dict[str, Any] = body.params.model_dump(mode="json")
     body_sha256 = request_sha256({"type": body.type, "params": params})
     if body.type == "preprocess":
-        _require_dataset(storage, params["dataset_id"])
+        _require_dataset(storage, caller, params["dataset_id"], write=True)
         if not (
             storage.exists(dataset_prefix(params["dataset_id"]) + "images.zip")
             or storage.list(dataset_prefix(params["dataset_id"]) + "images/")
@@ -97,19 +123,19 @@ def submit_job(
                 {"field": "params.dataset_id"},
             )
     elif body.type == "train":
-        _require_dataset(storage, params["dataset_id"])
+        _require_dataset(storage, caller, params["dataset_id"])
         _require_training_data(storage, params["dataset_id"], params["use_poses"])
         params["model_id"] = f"model-{uuid.uuid4().hex[:20]}"
     elif body.type == "evaluate":
-        _require_model(storage, params["model_id"])
-        _require_dataset(storage, params.get("dataset_id"))
+        _require_model(storage, caller, params["model_id"])
+        _require_dataset(storage, caller, params.get("dataset_id"))
         params["options"] = body.params.options()  # type: ignore[union-attr]
         params["options"]["metrics"] = list(params["options"]["metrics"])
     else:
-        _require_model(storage, params["model_id"])
+        _require_model(storage, caller, params["model_id"])
     try:
         rec, created = jobs.create(
-            body.type, params, idempotency_key=idempotency_key, request_sha256=body_sha256, owner=key
+            body.type, params, idempotency_key=idempotency_key, request_sha256=body_sha256, owner=caller.id
         )
     except IdempotencyConflict as e:
         raise ApiError(
@@ -125,7 +151,7 @@ def submit_job(
 
 @router.get("", summary="list jobs, newest first")
 def list_jobs(
-    _: ApiKey,
+    caller: ApiKey,
     jobs: JobsDep,
     type: Annotated[
         Literal["preprocess", "train", "evaluate", "render_video", "extract_mesh"] | None, Query()
@@ -134,13 +160,15 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> JobList:
-    items, total = jobs.list(job_type=type, state=state, limit=limit, offset=offset)
+    """The caller's own jobs (an admin key: every key's)."""
+    owner = None if caller.admin else caller.id
+    items, total = jobs.list(job_type=type, state=state, owner=owner, limit=limit, offset=offset)
     return JobList(items=[job_view(r) for r in items], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", summary="a job with progress, metrics and presigned artifact URLs")
-def get_job(job_id: str, _: ApiKey, jobs: JobsDep, storage: StorageDep) -> Job:
-    return job_view(get_job_or_404(jobs, job_id), storage)
+def get_job(job_id: str, caller: ApiKey, jobs: JobsDep, storage: StorageDep) -> Job:
+    return job_view(job_record(jobs, caller, job_id), storage)
 
 
 @router.delete(
@@ -148,8 +176,8 @@ def get_job(job_id: str, _: ApiKey, jobs: JobsDep, storage: StorageDep) -> Job:
     summary="cancel a job (its processes are stopped)",
     responses={409: {"description": "already finished"}},
 )
-def cancel_job(job_id: str, _: ApiKey, jobs: JobsDep, storage: StorageDep) -> Job:
-    rec = get_job_or_404(jobs, job_id)
+def cancel_job(job_id: str, caller: ApiKey, jobs: JobsDep, storage: StorageDep) -> Job:
+    rec = job_record(jobs, caller, job_id)
     if rec["state"] in TERMINAL:
         raise ApiError(409, "job_finished", f"job '{job_id}' already {rec['state']}; nothing to cancel")
     jobs.transition(

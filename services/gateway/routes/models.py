@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import base64
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from celery.exceptions import TimeoutError as CeleryTimeout
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import Histogram
 
-from services.common import zips
+from services.common import checkpoint_zip, zips
 from services.common.keys import MANIFEST, model_prefix
+from services.common.redact import public_message
 from services.common.storage import Storage
-from services.gateway.deps import ApiKey, CeleryDep, SettingsDep, StorageDep, render_rate_limit
+from services.gateway.access import may_read, model_manifest
+from services.gateway.deps import (
+    ApiKey,
+    Caller,
+    CeleryDep,
+    ImportLimited,
+    MpiLimited,
+    RenderLimited,
+    SettingsDep,
+    StorageDep,
+)
 from services.gateway.errors import ERROR_RESPONSES, ApiError
-from services.gateway.routes.common import check_id, spooled_body
+from services.gateway.routes.common import spooled_body
 from services.gateway.schemas import Model, ModelList, MpiExport, MpiPlane, RenderRequest
+from services.gateway.waiting import blocking, wait_task
+from services.renderer.cache import quantize_psi
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 RENDER_SECONDS = Histogram("gmpi_render_seconds", "sync render latency (gateway side)", ["kind"])
@@ -29,12 +40,10 @@ _PNG: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _manifest(storage: Storage, model_id: str) -> dict[str, Any]:
-    check_id(model_id, "model_id")
-    m = storage.manifest(model_prefix(model_id))
-    if m is None:
-        raise ApiError(404, "not_found", f"no model '{model_id}'")
-    return m
+def _manifest(storage: Storage, model_id: str, caller: Caller | None = None) -> dict[str, Any]:
+    """The model's manifest; 404 when there is none or ``caller`` may not read it (services/gateway/
+    access.py: its own models, shared ones such as the demo, every model for admins)."""
+    return model_manifest(storage, caller, model_id)
 
 
 def _view(model_id: str, m: dict[str, Any]) -> Model:
@@ -43,29 +52,29 @@ def _view(model_id: str, m: dict[str, Any]) -> Model:
 
 
 @router.get("", summary="list committed models")
-def list_models(_: ApiKey, storage: StorageDep) -> ModelList:
+def list_models(caller: ApiKey, storage: StorageDep) -> ModelList:
+    """The caller's models and shared ones (the demo; an admin key: every model)."""
     items = []
     for key in storage.list("models/"):
         parts = key.split("/")
         if len(parts) == 3 and parts[2] == MANIFEST:
-            items.append(_view(parts[1], storage.get_json(key)))
+            m = storage.get_json(key)
+            if isinstance(m, dict) and may_read(caller, m):
+                items.append(_view(parts[1], m))
     return ModelList(items=sorted(items, key=lambda m: m.committed_utc or "", reverse=True))
 
 
 @router.get("/{model_id}", summary="a model's manifest")
-def get_model(model_id: str, _: ApiKey, storage: StorageDep) -> Model:
-    return _view(model_id, _manifest(storage, model_id))
+def get_model(model_id: str, caller: ApiKey, storage: StorageDep) -> Model:
+    return _view(model_id, _manifest(storage, model_id, caller))
 
 
-def _wait(celery: Any, name: str, kwargs: dict[str, Any], timeout: float) -> Any:
-    result = celery.send_task(name, kwargs=kwargs)
-    try:
-        return result.get(timeout=timeout, propagate=True)
-    except CeleryTimeout as e:
-        result.revoke()
-        raise ApiError(504, "render_timeout", f"no render worker answered within {timeout:.0f} s") from e
-    finally:
-        result.forget()
+async def _wait(
+    celery: Any, name: str, kwargs: dict[str, Any], timeout: float, code: str = "render_timeout"
+) -> Any:
+    """The task's result, waited for on the event loop (``waiting.wait_task``: no thread is held while
+    the worker works); 504 ``code`` after ``timeout`` seconds."""
+    return await wait_task(celery, name, kwargs, timeout, code=code)
 
 
 @router.post(
@@ -74,17 +83,17 @@ def _wait(celery: Any, name: str, kwargs: dict[str, Any], timeout: float) -> Any
     response_class=Response,
     responses={**_PNG, 429: {"description": "rate limited"}},
 )
-def render(
+async def render(
     model_id: str,
     body: RenderRequest,
-    _: Annotated[str, Depends(render_rate_limit)],
+    caller: RenderLimited,
     storage: StorageDep,
     celery: CeleryDep,
     settings: SettingsDep,
 ) -> Response:
-    _manifest(storage, model_id)
+    await blocking(_manifest, storage, model_id, caller)
     t0 = time.perf_counter()
-    out = _wait(
+    out = await _wait(
         celery, "gmpi.render.view", {"model_id": model_id, **body.model_dump()}, settings.render_timeout_s
     )
     RENDER_SECONDS.labels(body.kind).observe(time.perf_counter() - t0)
@@ -99,9 +108,9 @@ def render(
 
 
 @router.get("/{model_id}/mpi", summary="the MPI of a seed for the browser viewer: manifest + plane URLs")
-def mpi(
+async def mpi(
     model_id: str,
-    _: ApiKey,
+    caller: MpiLimited,
     storage: StorageDep,
     celery: CeleryDep,
     settings: SettingsDep,
@@ -110,13 +119,18 @@ def mpi(
     planes: Annotated[int | None, Query(ge=2, le=128)] = None,
     format: Annotated[Literal["png", "webp"], Query()] = "png",
 ) -> MpiExport:
-    _manifest(storage, model_id)
-    prefix = _wait(
+    await blocking(_manifest, storage, model_id, caller)
+    psi = quantize_psi(psi)  # ψ to 0.01: the export's store key and the renderer's cache key
+    prefix = await _wait(
         celery,
         "gmpi.render.mpi",
         {"model_id": model_id, "seed": seed, "psi": psi, "planes": planes, "fmt": format},
         settings.render_timeout_s * 4,
     )
+    return await blocking(_mpi_export, storage, model_id, prefix)
+
+
+def _mpi_export(storage: Storage, model_id: str, prefix: str) -> MpiExport:
     manifest = storage.get_json(prefix + "mpi.json")
     planes_out = []
     for p in manifest["planes"]:
@@ -127,53 +141,30 @@ def mpi(
     return MpiExport(**{**manifest, "planes": planes_out, "model_id": model_id, "key": prefix})
 
 
-_PTH_FILES = ("config.pth", "ema.pth", "generator.pth")
+CHECKPOINT_ZIP = "checkpoint.zip"
 
 
 def _import_keys(kind: str, body: Path, prefix: str, storage: Storage) -> list[str]:
-    """The import's source files in the store. A gmpi_pth zip is checked by its central directory first
-    (names, types, declared sizes and ratios: ``zips.CHECKPOINT_LIMITS``), then each wanted member is
-    streamed to a temporary file in bounded chunks, its bytes counted against what it declared: the
-    gateway never holds a member in memory, whatever the zip claims."""
+    """The import's source in the store, as uploaded. A gmpi_pth zip gets header checks only
+    (``checkpoint_zip.check_header``: end records, central directory under ``zips.CHECKPOINT_LIMITS``,
+    one config.pth and ema.pth): the gateway decompresses nothing; the renderer's import task extracts
+    the members under the same limits, counting the bytes each produces."""
     if kind == "stylegan2_pkl":
         return [storage.put_file(prefix + "network.pkl", body).key]
     try:
-        z, files = zips.open_checked(body, zips.CHECKPOINT_LIMITS)
-        with z:
-            by_base: dict[str, Any] = {}
-            for info in files:
-                base = Path(info.filename).name
-                if base in _PTH_FILES:
-                    if base in by_base:
-                        raise ApiError(
-                            422,
-                            "invalid_checkpoint",
-                            f"the zip holds more than one {base}",
-                            {"field": "body", "member": info.filename[:200]},
-                        )
-                    by_base[base] = info
-            if "config.pth" not in by_base or "ema.pth" not in by_base:
-                raise ApiError(
-                    422,
-                    "invalid_checkpoint",
-                    "a gmpi_pth import is a zip with config.pth and ema.pth (generator.pth optional)",
-                    {"field": "body"},
-                )
-            keys = []
-            with tempfile.TemporaryDirectory() as d:
-                for base, info in by_base.items():
-                    target = Path(d) / base
-                    with open(target, "wb") as out:
-                        zips.copy_member(z, info, out)
-                    keys.append(storage.put_file(prefix + base, target).key)
-                    target.unlink()
-            return keys
+        checkpoint_zip.check_header(body)
     except zips.UnsafeZipError as e:
-        details: dict[str, Any] = {"field": "body"}
-        if e.member is not None:
-            details["member"] = e.member[:200]
-        message = f"a gmpi_pth import must be a zip ({e})" if e.code == zips.INVALID_ZIP else str(e)
-        raise ApiError(e.http_status, e.code, message, details) from e
+        raise _zip_error(e, body) from None
+    return [storage.put_file(prefix + CHECKPOINT_ZIP, body, "application/zip").key]
+
+
+def _zip_error(e: zips.UnsafeZipError, body: Path | None = None) -> ApiError:
+    details: dict[str, Any] = {"field": "body"}
+    if e.member is not None:
+        details["member"] = e.member[:200]
+    text = public_message(str(e), *([body.parent] if body is not None else []))
+    message = f"a gmpi_pth import must be a zip ({text})" if e.code == zips.INVALID_ZIP else text
+    return ApiError(e.http_status, e.code, message, details)
 
 
 @router.post(
@@ -189,15 +180,13 @@ def _import_keys(kind: str, body: Path, prefix: str, storage: Storage) -> list[s
 )
 async def import_model(
     request: Request,
-    _: ApiKey,
+    caller: ImportLimited,
     storage: StorageDep,
     celery: CeleryDep,
     settings: SettingsDep,
     kind: Annotated[Literal["stylegan2_pkl", "gmpi_pth"], Query()],
     preset: Annotated[str | None, Query(max_length=40, pattern=r"^[A-Za-z0-9_-]+$")] = None,
 ) -> Model:
-    from starlette.concurrency import run_in_threadpool
-
     from gmpi_core.config import PRESETS
 
     if preset is not None and preset not in PRESETS:
@@ -212,19 +201,25 @@ async def import_model(
     spool_dir = Path(settings.cache_dir) / "uploads"
     async with spooled_body(request, settings.max_upload_bytes, spool_dir, "the checkpoint") as path:
         try:
-            keys = await run_in_threadpool(_import_keys, kind, path, prefix + "source/", storage)
-            out = await run_in_threadpool(
-                _wait,
+            keys = await blocking(_import_keys, kind, path, prefix + "source/", storage)
+            out = await _wait(
                 celery,
                 "gmpi.render.import_model",
-                {"model_id": model_id, "kind": kind, "preset_name": preset, "keys": keys},
-                300.0,
+                {"model_id": model_id, "kind": kind, "preset_name": preset, "keys": keys, "owner": caller.id},
+                settings.import_timeout_s,
+                code="import_timeout",
             )
         except BaseException:
-            await run_in_threadpool(storage.delete_prefix, prefix)
+            await blocking(storage.delete_prefix, prefix)
             raise
-    await run_in_threadpool(storage.delete_prefix, prefix + "source/")
+    await blocking(storage.delete_prefix, prefix + "source/")
     if "error" in out:
-        await run_in_threadpool(storage.delete_prefix, prefix)
-        raise ApiError(422, out["error"]["code"], out["error"]["message"], {"field": "body"})
-    return _view(model_id, await run_in_threadpool(_manifest, storage, model_id))
+        await blocking(storage.delete_prefix, prefix)
+        err = out["error"]
+        status = err.get("status") if err.get("status") in (413, 422) else 422
+        details = {"field": "body", **(err.get("details") or {})}
+        # the worker's message names no paths (services/common/redact.py); redacted again here in case
+        # a worker of an older version answers
+        message = public_message(str(err.get("message", "")))
+        raise ApiError(status, str(err.get("code", "invalid_checkpoint")), message, details)
+    return _view(model_id, await blocking(_manifest, storage, model_id, caller))
