@@ -499,10 +499,6 @@ class Storage(ABC):
                 out[rel] = self.put_file(prefix + rel, p)
         return out
 
-    def download_prefix(self, prefix: str, local: str | os.PathLike[str]) -> builtins.list[Path]:
-        root = Path(local)
-        return [self.get_file(k, root / k[len(prefix) :]) for k in self.list(prefix)]
-
     def commit(
         self, prefix: str, files: dict[str, ArtifactInfo], extra: dict[str, Any] | None = None
     ) -> None:

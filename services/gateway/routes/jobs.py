@@ -11,7 +11,7 @@ from services.common.jobs import TERMINAL, IdempotencyConflict, request_sha256
 from services.common.keys import dataset_prefix
 from services.common.storage import Storage
 from services.gateway.access import job_record, readable_dataset, readable_model
-from services.gateway.deps import ApiKey, Caller, CeleryDep, JobLimited, JobsDep, StorageDep
+from services.gateway.deps import ApiKey, Caller, CeleryDep, JobLimited, JobsDep, SettingsDep, StorageDep
 from services.gateway.errors import ERROR_RESPONSES, ApiError
 from services.gateway.routes.common import job_view
 from services.gateway.schemas import Job, JobList, JobSubmit
@@ -101,6 +101,7 @@ def submit_job(
     jobs: JobsDep,
     storage: StorageDep,
     celery: CeleryDep,
+    settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
 ) -> Job:
     """With ``Idempotency-Key`` (per API key, kept a day) a repeated request returns the job the key
@@ -123,6 +124,15 @@ def submit_job(
                 {"field": "params.dataset_id"},
             )
     elif body.type == "train":
+        gpus = params.get("gpus")
+        if gpus is not None and gpus > settings.max_gpus_per_job:
+            raise ApiError(
+                422,
+                "too_many_gpus",
+                f"invalid field 'params.gpus': {gpus} GPUs asked, one job may use at most "
+                f"{settings.max_gpus_per_job} (GMPI_MAX_GPUS_PER_JOB)",
+                {"field": "params.gpus", "max": settings.max_gpus_per_job},
+            )
         _require_dataset(storage, caller, params["dataset_id"])
         _require_training_data(storage, params["dataset_id"], params["use_poses"])
         params["model_id"] = f"model-{uuid.uuid4().hex[:20]}"
@@ -184,3 +194,19 @@ def cancel_job(job_id: str, caller: ApiKey, jobs: JobsDep, storage: StorageDep) 
         job_id, "cancelled", error={"code": "cancelled", "message": "cancelled by request", "details": None}
     )
     return job_view(jobs.get(job_id), storage)
+
+
+@router.get(
+    "/-/dead-letters",
+    summary="task messages given up on after repeated worker deaths (admin keys only)",
+    responses={403: {"description": "not an admin key (GMPI_ADMIN_API_KEYS)"}},
+)
+def dead_letters(
+    caller: ApiKey, jobs: JobsDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    """The newest ``limit`` entries of the dead-letter list (``{task, job_id, queue, attempts, at, ...}``):
+    messages whose worker died GMPI_MAX_DELIVERIES times; their jobs failed ``worker_lost_repeatedly``."""
+    if not caller.admin:
+        raise ApiError(403, "forbidden", "the dead-letter list is for admin keys (GMPI_ADMIN_API_KEYS)")
+    items = jobs.dead_letters(limit)
+    return {"items": items, "total": len(items)}
