@@ -132,6 +132,12 @@ class RegisterPrefix(Strict):
 
 # --- jobs -------------------------------------------------------------------------------------------------
 class PoseOptions(Strict):
+    estimator: Literal["auto", "dlib68", "mtcnn5"] = Field(
+        "auto",
+        description="auto: dlib's 68 landmarks + PnP when dlib and its model are installed, else the "
+        "5-point PnP (the reason is recorded in poses/pose_estimator.json); template, calibration and "
+        "intrinsics apply to the 5-point path",
+    )
     template: Literal["bfm", "synthetic"] = "bfm"
     calibration: Literal["none", "synthetic"] = "none"
     intrinsics: Literal["gmpi", "deep3dface"] = "gmpi"

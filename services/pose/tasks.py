@@ -2,6 +2,11 @@
 
 Outputs: ``datasets/{id}/poses/<member>.mat`` (Deep3DFace angle/trans), ``poses/fail_list.txt`` (landmark
 and pose failures) and ``poses/pose_estimator.json``; chunk markers ``jobs/{job}/pose-chunks/NNNNN.json``.
+
+The estimator is ``params["pose"]["estimator"]`` (default ``auto``): ``dlib68`` (dlib's 68 landmarks of the
+images, ``gmpi_core.preprocess.pose68``; the worker fetches the dataset's images once into its cache) where
+dlib and its model are installed (the prep extra: the pose image has them), else the 5-point ``mtcnn5``;
+``pose_estimator.json`` records which one ran and, for a fallback, why.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def _resolution(ctx: JobContext) -> int:
 
 
 def _chunk(ctx: JobContext, index: int, files: list[str]) -> dict[str, Any]:
-    from gmpi_core.preprocess.pose import run_poses
+    from gmpi_core.preprocess.pose import resolve_estimator, run_poses
 
     marker = _marker(ctx.job_id, index)
     if ctx.storage.exists(marker):
@@ -81,15 +86,24 @@ def _chunk(ctx: JobContext, index: int, files: list[str]) -> dict[str, Any]:
             target.parent.mkdir(parents=True, exist_ok=True)
             ctx.storage.get_file(prefix + RESULTS + rel, target)
         (det / "fail_list.txt").write_text("\n")
+        calibration = opts.get("calibration", "none")
+        estimator = opts.get("estimator", "auto")
+        images = None
+        if resolve_estimator(estimator, calibration)[0] == "dlib68":  # the 68 landmarks come from the images
+            from services.common.artifacts import fetch_dataset_images
+
+            images = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
         summary = run_poses(
             det,
             out,
             layout="ffhq",
             resolution=_resolution(ctx),
             template=opts.get("template", "bfm"),
-            calibration=opts.get("calibration", "none"),
+            calibration=calibration,
             intrinsics=opts.get("intrinsics", "gmpi"),
             progress=False,
+            estimator=estimator,
+            images=images,
         )
         for mat in sorted(out.rglob("*.mat")):
             ctx.storage.put_file(prefix + "poses/" + mat.relative_to(out).as_posix(), mat)

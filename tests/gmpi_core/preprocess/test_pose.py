@@ -250,7 +250,9 @@ def test_synthetic_heads_pose_error_after_calibration_is_within_the_measured_bou
     synthetic template + calibration: yaw 2.85°, pitch 5.32°, roll 0.85° (5 points fix pitch only through
     the nose's height between eyes and mouth, which varies per head); bounds have ~20 % margin."""
     out = dataset / "est_synthetic"
-    summary = run_poses(dataset / "landmarks", out, "ffhq", RES, "synthetic", "synthetic", progress=False)
+    summary = run_poses(
+        dataset / "landmarks", out, "ffhq", RES, "synthetic", "synthetic", progress=False, estimator="mtcnn5"
+    )
     assert (summary.images, summary.written, summary.pose_failures) == (N_IMAGES, N_IMAGES, 0)
     members = sorted(p.relative_to(out).with_suffix("").as_posix() for p in out.rglob("*.mat"))
     angle = np.stack([read_deep3dface_angle_trans(out / f"{m}.mat")[0] for m in members])
@@ -276,7 +278,7 @@ def test_synthetic_calibration_removes_the_bfm_templates_yaw_gain(dataset: Path)
 
 
 def test_written_file_reads_back_as_the_w2c_of_the_estimate(dataset: Path, tmp_path: Path) -> None:
-    run_poses(dataset / "landmarks", tmp_path, "ffhq", RES, "bfm", "none", progress=False)
+    run_poses(dataset / "landmarks", tmp_path, "ffhq", RES, "bfm", "none", progress=False, estimator="mtcnn5")
     member = "00000/img00000003"
     points = read_landmark_file(dataset / "landmarks/detections/results" / f"{member}.txt")
     est = estimate_pose(points, RES)
@@ -308,7 +310,7 @@ def test_failures_go_to_the_fail_list_with_their_reason_and_nothing_crashes(tmp_
     (results / "img00000004.txt").write_text("1\t2\n3\t4\n")  # truncated file
     (tmp_path / "detections" / "fail_list.txt").write_text("00000/img00000003.png\n")
     out = tmp_path / "poses"
-    summary = run_poses(tmp_path / "detections", out, "ffhq", 512, progress=False)
+    summary = run_poses(tmp_path / "detections", out, "ffhq", 512, progress=False, estimator="mtcnn5")
     assert (summary.images, summary.written, summary.landmark_failures, summary.pose_failures) == (5, 1, 1, 3)
     assert sorted(p.name for p in out.rglob("*.mat")) == ["img00000000.mat"]
     assert (out / "fail_list.txt").read_text().split() == [f"00000/img0000000{i}.png" for i in (3, 1, 2, 4)]
@@ -319,16 +321,33 @@ def test_failures_go_to_the_fail_list_with_their_reason_and_nothing_crashes(tmp_
 
 
 def test_run_resumes_keeps_files_and_refuses_other_settings(dataset: Path, tmp_path: Path) -> None:
-    first = run_poses(dataset / "landmarks", tmp_path, "ffhq", RES, progress=False)
+    first = run_poses(dataset / "landmarks", tmp_path, "ffhq", RES, progress=False, estimator="mtcnn5")
     target = tmp_path / "00000" / "img00000000.mat"
     write_deep3dface_mat(target, [9.0, 9.0, 9.0], [0.0, 0.0, 0.0])  # a kept file is not rewritten
-    second = run_poses(dataset / "landmarks" / "detections", tmp_path, "ffhq", RES, progress=False)
+    second = run_poses(
+        dataset / "landmarks" / "detections", tmp_path, "ffhq", RES, progress=False, estimator="mtcnn5"
+    )
     assert (first.written, second.written, second.kept) == (N_IMAGES, 0, N_IMAGES)
     assert read_deep3dface_angle_trans(target)[0].tolist() == [9.0, 9.0, 9.0]
     with pytest.raises(ValueError, match=r"other settings.*template"):
-        run_poses(dataset / "landmarks", tmp_path, "ffhq", RES, template="synthetic", progress=False)
+        run_poses(
+            dataset / "landmarks",
+            tmp_path,
+            "ffhq",
+            RES,
+            template="synthetic",
+            progress=False,
+            estimator="mtcnn5",
+        )
     third = run_poses(
-        dataset / "landmarks", tmp_path, "ffhq", RES, "synthetic", overwrite=True, progress=False
+        dataset / "landmarks",
+        tmp_path,
+        "ffhq",
+        RES,
+        "synthetic",
+        overwrite=True,
+        progress=False,
+        estimator="mtcnn5",
     )
     assert third.written == N_IMAGES and read_deep3dface_angle_trans(target)[0][0] != 9.0
 
@@ -342,7 +361,9 @@ def test_metfaces_layout_writes_coeffs_by_stem_and_dataset_median_centres_pitch(
         (detections / "results" / f"{f.stem}_xflip.txt").write_text(f.read_text())
     (detections / "fail_list.txt").write_text("img00000005_xflip.png\n")
     out = tmp_path / "metfaces_poses"
-    summary = run_poses(detections, out, "metfaces", RES, calibration="dataset-median", progress=False)
+    summary = run_poses(
+        detections, out, "metfaces", RES, calibration="dataset-median", progress=False, estimator="mtcnn5"
+    )
     assert summary.written == 19 and (out / "coeffs" / "img00000000_xflip.mat").is_file()
     assert (out / "fail_list.txt").read_text() == "img00000005_xflip.png\n"
     pitches = [read_deep3dface_angle_trans(p)[0][0] for p in (out / "coeffs").glob("*.mat")]
@@ -373,6 +394,7 @@ def test_command_line_writes_poses_and_validates_them_against_the_dataset(
     dataset: Path, tmp_path: Path, capsys
 ):
     args = ["--landmarks", str(dataset / "landmarks"), "--out", str(tmp_path), "--resolution", str(RES)]
+    args += ["--estimator", "mtcnn5"]
     assert (
         main([*args, "--template", "synthetic", "--images", str(dataset / "images.zip"), "--no-progress"])
         == 0
