@@ -13,12 +13,17 @@ the dtype/device of their tensor inputs (float32 when they create tensors from P
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from gmpi_core.config import CameraConfig
+
 __all__ = [
     "DEEP3DFACE_CAMERA_DISTANCE",
+    "camera_c2w",
     "deep3dface_to_w2c",
     "eg3d_to_w2c",
     "euler_zyx",
@@ -95,6 +100,11 @@ def sphere_c2w(yaw: Tensor, pitch: Tensor, radius: float, center_z: float) -> Te
     c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = x_c, y_c, z_c, centre
     c2w[:, 3, 3] = 1.0
     return c2w
+
+
+def camera_c2w(camera: CameraConfig, yaw: Tensor, pitch: Tensor) -> Tensor:
+    """:func:`sphere_c2w` on the sphere of a camera config (its ``sphere_radius``, ``sphere_center_z``)."""
+    return sphere_c2w(yaw, pitch, radius=camera.sphere_radius, center_z=camera.sphere_center_z)
 
 
 def w2c_condition(c2w: Tensor) -> Tensor:

@@ -27,44 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo_model"
 BENCH_DIR = Path(__file__).resolve().parent.parent / "scripts" / "bench"
-MODEL_PATH_HINT = (
-    "a model is a native checkpoint folder holding config.json + weights.safetensors, as `gmpi train` "
-    "writes it (e.g. runs/gmpi/model) or the shipped gmpi_core/assets/demo_model"
-)
-
-
-def _check_model_path(model: str) -> None:
-    """Refuse a ``--model`` path that does not exist or is a file, before any checkpoint parsing."""
-    path = Path(model)
-    if not path.exists():
-        raise FileNotFoundError(f"--model {model}: no such file or folder; {MODEL_PATH_HINT}")
-    if not path.is_dir():
-        raise ValueError(f"--model {model} is a file, not a checkpoint folder; {MODEL_PATH_HINT}")
-    if not (path / "config.json").is_file():
-        official = " (it holds an official GMPI config.pth: this command reads native checkpoints)"
-        raise ValueError(
-            f"--model {model} is not a checkpoint folder: it has no config.json"
-            f"{official if (path / 'config.pth').is_file() else ''}; {MODEL_PATH_HINT}"
-        )
-
-
-def _load_model(model: str | None, preset_name: str | None, seed: int):
-    from gmpi_core.pipeline import GMPI
-
-    if model:
-        _check_model_path(model)
-        return GMPI.from_pretrained(model), f"checkpoint {model}"
-    if preset_name:
-        return GMPI.random(
-            preset_name, seed=seed
-        ), f"randomly initialised '{preset_name}' model (seed {seed})"
-    if (DEMO_CHECKPOINT / "config.json").exists():
-        return GMPI.from_pretrained(DEMO_CHECKPOINT), f"shipped demo checkpoint {DEMO_CHECKPOINT}"
-    return GMPI.random(
-        "synthetic64", seed=seed
-    ), "randomly initialised 'synthetic64' model (no demo checkpoint shipped yet)"
 
 
 def render_outputs(
@@ -74,7 +37,9 @@ def render_outputs(
     from gmpi_core.render.io import depth_to_uint8, grid, save_png, save_video, to_uint8
 
     cam = gmpi.config.camera
-    mpi = gmpi.generate(seeds=[seed], n_planes=n_planes, truncation_psi=truncation_psi)
+    mpi = gmpi.generate(
+        seeds=[seed], n_planes=n_planes, truncation_psi=truncation_psi, generator=gmpi.noise_generator(seed)
+    )
     lo, hi = cam.yaw_range
     yaws = np.linspace(lo, hi, n_views)
     frames, depths = [], []
@@ -99,6 +64,7 @@ def render_outputs(
 def demo_training(gmpi, out: Path, seconds: float, seed: int) -> Path:
     """A short GMPI training run from the demo model on freshly generated synthetic heads."""
     from gmpi_core.data.synthetic import synthesize_dataset
+    from gmpi_core.pipeline import DEMO_CHECKPOINT
     from gmpi_core.train.loop import Trainer
 
     res = gmpi.config.generator.img_resolution
@@ -115,9 +81,11 @@ def demo_training(gmpi, out: Path, seconds: float, seed: int) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from gmpi_core.pipeline import GMPI
+
     t0 = time.perf_counter()
-    gmpi, what = _load_model(None, None, args.seed)
-    print(f"[gmpi demo] model: {what}")
+    gmpi = GMPI.load(None, seed=args.seed)
+    print(f"[gmpi demo] model: {gmpi.describe()}")
     out = Path(args.out)
     written = render_outputs(
         gmpi, out, args.seed, n_planes=args.planes, n_views=args.views, truncation_psi=1.0

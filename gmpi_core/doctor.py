@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gmpi_core.atomic import atomic_write
 from gmpi_core.ops import _build
 
 # fp16 blocks vs fp32 on the same weights: rendered images in [-1, 1]
@@ -411,11 +412,11 @@ def check_upfirdn2d(device: torch.device) -> Check:
 
 def check_fp16(device: torch.device, preset_name: str = "synthetic64") -> Check:
     """The same generator weights with ``num_fp16_res=4`` vs ``0``: rendered frontal images in [-1, 1]."""
-    from gmpi_core.camera import sphere_c2w
+    from gmpi_core.camera import camera_c2w
     from gmpi_core.config import preset
+    from gmpi_core.mpi.planes import plane_layout
     from gmpi_core.mpi.render import render_mpi
     from gmpi_core.networks import GMPIGenerator
-    from gmpi_core.pipeline import plane_layout
 
     check = Check(
         "fp16_vs_fp32",
@@ -435,7 +436,7 @@ def check_fp16(device: torch.device, preset_name: str = "synthetic64") -> Check:
     z = torch.randn(batch, g32.z_dim, generator=torch.Generator().manual_seed(0)).to(device)
     dhw, depth_norm = plane_layout(cfg.camera, n_planes)
     cam = cfg.camera
-    c2w = sphere_c2w(torch.zeros(batch), torch.zeros(batch), cam.sphere_radius, cam.sphere_center_z)
+    c2w = camera_c2w(cam, torch.zeros(batch), torch.zeros(batch))
     images = []
     with torch.no_grad():
         for g in (g32, g16):
@@ -733,16 +734,13 @@ def _check_table(checks: Sequence[dict[str, Any]]) -> list[str]:
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
     """Write ``report`` to ``path`` via a temp file in the same folder: complete or not there at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def dump(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, default=str)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, dump, mode=None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from gmpi_core.atomic import fsync_dir
 from gmpi_core.checkpoints.safe_pickle import safe_repr
 
 __all__ = [
@@ -241,19 +242,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -276,7 +264,7 @@ def _move_into_place(staging: Path, target: Path) -> None:
     # Existing directory (it may hold other things, e.g. train-state/): first make it look incomplete,
     # then move the new files in, and the config last.
     (target / CONFIG_FILE).unlink(missing_ok=True)
-    _fsync_dir(target)
+    fsync_dir(target)
     for name in (WEIGHTS_FILE, EMA_FILE):
         if (staging / name).exists():
             os.replace(staging / name, target / name)
@@ -344,10 +332,10 @@ def save_pretrained(
         if ema is not None:
             _write_safetensors(staging / EMA_FILE, ema, metadata)
         _write_text(staging / CONFIG_FILE, config_text)  # written last: its presence marks completeness
-        _fsync_dir(staging)
+        fsync_dir(staging)
         _move_into_place(staging, target)
-        _fsync_dir(target)
-        _fsync_dir(target.parent)
+        fsync_dir(target)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -400,14 +388,19 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
 
 
 def load_pretrained(
-    directory: str | os.PathLike[str], *, use_ema: bool = False, map_location: str | torch.device = "cpu"
+    directory: str | os.PathLike[str],
+    *,
+    use_ema: bool | None = False,
+    map_location: str | torch.device = "cpu",
 ) -> nn.Module:
     """Rebuild the network of a gmpi-native checkpoint and load its tensors strictly; eval mode.
 
     ``use_ema=True`` replaces the parameters by ``ema.safetensors`` (buffers such as ``w_avg`` still come
-    from ``weights.safetensors``).
+    from ``weights.safetensors``); ``None``: so when the checkpoint has that file.
     """
     root = Path(directory)
+    if use_ema is None:
+        use_ema = (root / EMA_FILE).is_file()
     cfg = read_native_config(root)
     registry = _registry()
     cls = registry.get(cfg["class"])

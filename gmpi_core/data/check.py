@@ -39,7 +39,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 import zipfile
 import zlib
@@ -51,6 +50,7 @@ from typing import Any, Literal
 
 import PIL.Image
 
+from gmpi_core.atomic import atomic_write
 from gmpi_core.data.datasets import IMAGE_EXTENSIONS, ImageSource
 from gmpi_core.data.poses import PoseSource
 
@@ -453,14 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, text, mode=None)
 
 
 if __name__ == "__main__":

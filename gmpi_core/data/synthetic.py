@@ -54,7 +54,7 @@ import PIL.Image
 import torch
 from numpy.typing import ArrayLike
 
-from gmpi_core.camera import pixel_ray_directions, sample_sphere_poses, sphere_c2w, w2c_to_deep3dface
+from gmpi_core.camera import camera_c2w, pixel_ray_directions, sample_sphere_poses, w2c_to_deep3dface
 from gmpi_core.config import CameraConfig, preset
 from gmpi_core.data.datasets import dataset_tool_name, write_dataset_zip
 from gmpi_core.data.poses import write_deep3dface_mat
@@ -427,7 +427,7 @@ def _camera_rays(fov_deg: float, res: int) -> np.ndarray:
 def _camera_to_world(yaw: float, pitch: float, camera: CameraConfig) -> np.ndarray:
     """c2w [4, 4] float64 of the sphere camera (spec §1.3)."""
     yp = torch.tensor([[yaw, pitch]], dtype=torch.float64)
-    c2w = sphere_c2w(yp[:, 0], yp[:, 1], camera.sphere_radius, camera.sphere_center_z)
+    c2w = camera_c2w(camera, yp[:, 0], yp[:, 1])
     return c2w[0].to(torch.float64).numpy()
 
 

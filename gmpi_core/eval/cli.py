@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="FID/KID, identity consistency, depth and pose accuracy of a GMPI model (spec §9).",
     )
     src = p.add_argument_group("model and data")
-    src.add_argument("--model", help="native checkpoint dir (config.json) or official GMPI dir (config.pth)")
+    src.add_argument(
+        "--model",
+        help="native checkpoint dir (config.json), official GMPI dir (config.pth), StyleGAN2-ADA .pkl or "
+        "KIND:PATH (the model sources `gmpi render --model` opens)",
+    )
     src.add_argument(
         "--preset", help="experiment preset: overrides the checkpoint's, or a random model without --model"
     )

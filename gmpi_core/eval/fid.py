@@ -40,7 +40,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -52,6 +51,7 @@ import PIL.Image
 import torch
 from torch import Tensor, nn
 
+from gmpi_core.atomic import atomic_write
 from gmpi_core.data.datasets import ImageSource
 
 __all__ = [
@@ -457,18 +457,9 @@ class RealFeatureCache:
 
     def save(self, key: str, features: np.ndarray, meta: dict[str, Any]) -> Path:
         """Write atomically (temp file + rename)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.path(key)
-        fd, tmp = tempfile.mkstemp(prefix=final.stem + ".", suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                buf = io.BytesIO()
-                np.savez(buf, features=features.astype(np.float32), meta=np.array(json.dumps(meta)))
-                f.write(buf.getvalue())
-            os.replace(tmp, final)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return final
+        buf = io.BytesIO()
+        np.savez(buf, features=features.astype(np.float32), meta=np.array(json.dumps(meta)))
+        return atomic_write(self.path(key), buf.getvalue(), mode=None)
 
 
 def default_cache_dir() -> Path:

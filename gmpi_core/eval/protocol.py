@@ -39,7 +39,6 @@ import importlib.metadata
 import inspect
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -54,8 +53,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from gmpi_core.atomic import atomic_write
 from gmpi_core.camera import sample_sphere_poses
-from gmpi_core.config import ExperimentConfig, preset
+from gmpi_core.config import ExperimentConfig
 from gmpi_core.eval.identity import EmbedderName, build_embedder, pair_scores
 from gmpi_core.pipeline import GMPI
 from gmpi_core.progress import format_duration
@@ -252,8 +252,10 @@ class ModelInfo:
 def load_model(
     model: str | None, preset_name: str | None = None, device: str = "cpu"
 ) -> tuple[GMPI, ModelInfo]:
-    """A native checkpoint dir (``config.json``), an official GMPI dir (``config.pth`` + ``ema.pth``; its
-    dataset preset unless ``preset_name`` is given), or without ``model`` a random ``preset_name`` model."""
+    """Any source :meth:`GMPI.load` opens (a native checkpoint dir, an official GMPI dir: its dataset
+    preset unless ``preset_name`` is given, a StyleGAN2-ADA pickle, ``KIND:PATH``), or without ``model`` a
+    random ``preset_name`` model."""
+    from gmpi_core.checkpoints.sources import ModelSource, ModelSourceError
     from gmpi_core.eval.fid import file_sha256
 
     if model is None:
@@ -261,32 +263,17 @@ def load_model(
             raise ValueError(
                 "give --model DIR (a checkpoint) or --preset NAME (a randomly initialised model)"
             )
-        gmpi = GMPI.random(preset_name, seed=0)
+        gmpi = GMPI.load(ModelSource("random", preset=preset_name), seed=0)
         return gmpi.to(device), ModelInfo("random", None, preset_name, extra={"init_seed": 0})
-    path = Path(model)
-    if path.is_dir() and (path / "config.json").is_file():
-        gmpi = GMPI.from_pretrained(path)
-        if preset_name is not None:
-            gmpi = GMPI(gmpi.generator, preset(preset_name))
-        names = ("config.json", "weights.safetensors", "ema.safetensors")
-        files = {n: file_sha256(path / n) for n in names if (path / n).is_file()}
-        return gmpi.to(device), ModelInfo("native", str(path.resolve()), gmpi.config.name, files)
-    root = path.parent if path.is_file() else path
-    if (root / "config.pth").is_file():
-        from gmpi_core.checkpoints.official_gmpi import load_official_gmpi
-
-        generator, ckpt = load_official_gmpi(root)
-        gmpi = GMPI(generator.requires_grad_(False), preset(preset_name or ckpt.dataset))
-        names = ("config.pth", "ema.pth", "generator.pth")
-        files = {n: file_sha256(root / n) for n in names if (root / n).is_file()}
-        info = ModelInfo(
-            "official", str(root.resolve()), gmpi.config.name, files, {"ema_step": ckpt.ema_step}
-        )
-        return gmpi.to(device), info
-    raise FileNotFoundError(
-        f"{path} is neither a native checkpoint (config.json + weights.safetensors) nor an official GMPI "
-        "checkpoint directory (config.pth + ema.pth)"
-    )
+    try:
+        gmpi = GMPI.load(model, preset=preset_name)
+    except ModelSourceError as e:
+        raise FileNotFoundError(str(e)) from None
+    src = gmpi.source
+    assert src is not None and src.path is not None
+    files = {p.name: file_sha256(p) for p in src.files()}
+    info = ModelInfo(src.kind, str(src.path.resolve()), gmpi.config.name, files, dict(gmpi.info))
+    return gmpi.to(device), info
 
 
 @dataclass(frozen=True)
@@ -339,11 +326,14 @@ def render_views(
     noise_seed: int,
 ) -> list[tuple[np.ndarray, Tensor]]:
     """Generate the MPIs of ``seeds`` once and render each (yaw [B], pitch [B]) of ``poses`` at the matching
-    size of ``sizes`` → [(uint8 images [B, H, W, 3], depth [B, H, W]), ...]. Noise is drawn from the global
-    RNG seeded with ``noise_seed`` inside a forked RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(noise_seed)
-        mpi = gmpi.generate(seeds=list(seeds), n_planes=n_planes, truncation_psi=truncation_psi)
+    size of ``sizes`` → [(uint8 images [B, H, W, 3], depth [B, H, W]), ...]. Noise is drawn from a generator
+    seeded with ``noise_seed`` (what ``torch.manual_seed(noise_seed)`` gives)."""
+    mpi = gmpi.generate(
+        seeds=list(seeds),
+        n_planes=n_planes,
+        truncation_psi=truncation_psi,
+        generator=gmpi.noise_generator(noise_seed),
+    )
     out = []
     for (yaw, pitch), size in zip(poses, sizes):
         image, depth = gmpi.render(mpi, yaw, pitch, size=size)
@@ -960,16 +950,6 @@ def _counts(summary: dict[str, Any] | None) -> str:
     return f"{summary.get('n_used', '—')} used, {summary.get('n_skipped', '—')} skipped"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary sibling and rename: a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _interrupted(run_out: Path, runner: _Runner | None, where: str, t_start: float) -> EvalInterrupted:
     phase = runner.current if runner is not None else None
     elapsed = format_duration(time.perf_counter() - t_start)
@@ -1100,8 +1080,8 @@ def run_eval(
         report = _json_safe(report)
         summary = format_summary(report)
         where = "writing the report"
-        _write_text_atomic(out / "summary.txt", summary)
-        _write_text_atomic(out / "report.json", json.dumps(report, indent=1))  # last: the run is complete
+        atomic_write(out / "summary.txt", summary)  # temp file + rename: never seen half-written
+        atomic_write(out / "report.json", json.dumps(report, indent=1))  # last: the run is complete
     except EvalInterrupted:
         raise
     except KeyboardInterrupt:

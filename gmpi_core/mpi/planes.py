@@ -11,15 +11,27 @@ ordered nearest → farthest; the last one is the opaque background.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from gmpi_core.camera import sphere_c2w
 
-__all__ = ["PlaneSpacing", "confined_extents", "normalized_depth", "plane_depths", "plane_dhw", "texel_xyz"]
+if TYPE_CHECKING:
+    from gmpi_core.config import CameraConfig
+
+__all__ = [
+    "PlaneSpacing",
+    "confined_extents",
+    "normalized_depth",
+    "plane_depths",
+    "plane_dhw",
+    "plane_layout",
+    "texel_xyz",
+]
 
 PlaneSpacing = Literal["inverse", "uniform", "log-uniform"]
 _SPACINGS = ("inverse", "uniform", "log-uniform")
@@ -129,3 +141,28 @@ def texel_xyz(plane_dhw: Tensor, size: int) -> Tensor:
     y = (ramp[None, :, None] * h[:, None, None] / 2).expand(n, size, size)
     z = d[:, None, None].expand(n, size, size)
     return torch.stack([x, y, z], -1)
+
+
+@functools.lru_cache(maxsize=16)
+def _extents(camera: CameraConfig) -> tuple[tuple[float, float], tuple[float, float]]:
+    return confined_extents(
+        fov_deg=camera.fov_deg,
+        d_far=camera.d_far,
+        yaw_std=camera.yaw_std,
+        pitch_std=camera.pitch_std,
+        k=camera.truncation_k,
+        radius=camera.sphere_radius,
+        center_z=camera.sphere_center_z,
+        yaw_mean=camera.yaw_mean,
+        pitch_mean=camera.pitch_mean,
+        enlarge=camera.spatial_enlarge_factor,
+    )
+
+
+def plane_layout(camera: CameraConfig, n_planes: int) -> tuple[Tensor, Tensor]:
+    """(plane_dhw [N,3], depth_norm [N]) for ``n_planes`` planes of this camera set-up (spec §2.2-§2.4)."""
+    if n_planes < 2:
+        raise ValueError(f"an MPI needs at least 2 planes (content + background), got {n_planes}")
+    depths = plane_depths(camera.d_near, camera.d_far, n_planes, method=camera.plane_spacing)
+    box_hw, background_hw = _extents(camera)
+    return plane_dhw(depths, box_hw, background_hw), normalized_depth(depths, camera.d_near, camera.d_far)

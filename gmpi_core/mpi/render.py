@@ -17,8 +17,6 @@ otherwise.
 
 from __future__ import annotations
 
-import threading
-import warnings
 from types import ModuleType
 from typing import Any, Literal
 
@@ -29,7 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from gmpi_core.camera import focal_from_fov, pixel_ray_directions
 from gmpi_core.ops import kernels
-from gmpi_core.ops._build import build_error, load_registered
+from gmpi_core.ops._build import CheckedKernel, build_error, load_registered
 
 __all__ = [
     "IMPLS",
@@ -250,36 +248,8 @@ def render_mpi_reference(
 # -- fused -----------------------------------------------------------------------------------------------
 
 
-class _CudaKernel:
-    """Builds the CUDA renderer on first use, self-checks it against the reference once, else disables it."""
-
-    def __init__(self) -> None:
-        self.module: ModuleType | None = None
-        self.state = "untried"  # untried -> ready | disabled
-        self.lock = threading.RLock()
-
-    def get(self) -> ModuleType | None:
-        with self.lock:
-            if self.state == "untried":
-                self.state = "disabled"
-                module = load_registered(_CUDA_SPEC)
-                if module is not None:
-                    self.module = module
-                    self.state = "ready"  # so the self-check's own render calls can use it
-                    with torch.inference_mode(False), torch.enable_grad():  # first use may be under no_grad
-                        problem = _cuda_self_check()
-                    if problem is not None:
-                        self.module, self.state = None, "disabled"
-                        warnings.warn(
-                            f"gmpi: fused CUDA MPI renderer failed its self-check ({problem}); using the "
-                            "reference renderer from now on.",
-                            RuntimeWarning,
-                            stacklevel=4,
-                        )
-            return self.module
-
-
-_CUDA_KERNEL = _CudaKernel()
+# built on first use, self-checked against the reference once, else disabled (one warning)
+_CUDA_KERNEL = CheckedKernel(_CUDA_SPEC, lambda: _cuda_self_check())
 
 
 def _cpu_kernel() -> ModuleType | None:

@@ -141,7 +141,7 @@ _specs: dict[str, ExtensionSpec] = {}
 
 
 def register_extension(spec: ExtensionSpec) -> ExtensionSpec:
-    """Declare a kernel so that :func:`prebuild` can build it ahead of its first use."""
+    """Declare a kernel so that ``ops.prebuild`` can build it ahead of its first use."""
     _specs[spec.name] = spec
     return spec
 
@@ -152,33 +152,71 @@ def load_registered(spec: ExtensionSpec) -> ModuleType | None:
     return load_extension(spec.name, spec.sources, cuda=spec.cuda, extra_cuda_cflags=flags)
 
 
-def prebuild(cuda: bool = True) -> dict[str, str]:
-    """Build every fused extension into ``TORCH_EXTENSIONS_DIR`` now, without a GPU and without the
-    kernels' numerical self-checks (those run on first use on a GPU). For container builds:
-    ``TORCH_CUDA_ARCH_LIST=... python -c "from gmpi_core.ops._build import prebuild; prebuild()"``.
-    Returns ``{name: reason}`` for each extension that failed to build (empty: all built)."""
-    global _allow_without_gpu
-    import gmpi_core.ops.kernels  # noqa: F401  (declares every kernel)
+def registered_specs() -> list[ExtensionSpec]:
+    """Every kernel declared with :func:`register_extension` (``ops.kernels`` declares them all)."""
+    return list(_specs.values())
 
-    failed: dict[str, str] = {}
+
+def prebuild_one(spec: ExtensionSpec) -> str | None:
+    """Build ``spec`` into ``TORCH_EXTENSIONS_DIR`` now, without a GPU and without its numerical
+    self-check (that runs on first use on a GPU); → why it failed, or ``None`` when it built. The module is
+    not kept as loaded: its first use loads and checks it (``ops.prebuild`` builds every kernel)."""
+    global _allow_without_gpu
+    with _lock:
+        _cache.pop(spec.name, None)
+        _errors.pop(spec.name, None)
     _allow_without_gpu = True
     try:
-        for spec in _specs.values():
-            if spec.cuda and not cuda:
-                continue
-            with _lock:
-                _cache.pop(spec.name, None)
-                _errors.pop(spec.name, None)
-            if load_registered(spec) is None:
-                failed[spec.name] = _errors.get(spec.name, "disabled with GMPI_FUSED=0")
-            with _lock:  # a prebuilt module was never self-checked: first use must load and check it
-                _cache.pop(spec.name, None)
+        module = load_registered(spec)
     finally:
         _allow_without_gpu = False
-    return failed
+    with _lock:  # a prebuilt module was never self-checked: first use must load and check it
+        _cache.pop(spec.name, None)
+    return None if module is not None else _errors.get(spec.name, "disabled with GMPI_FUSED=0")
 
 
-_allow_without_gpu = False  # True only inside prebuild(): compile CUDA sources on a machine without a GPU
+class CheckedKernel:
+    """A fused kernel built on first use and self-checked once against its reference (``self_check`` →
+    a problem or ``None``); a kernel that fails to build or to check is disabled, with one warning."""
+
+    def __init__(self, spec: ExtensionSpec, self_check: Callable[[], str | None]) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.self_check = self_check
+        self.module: ModuleType | None = None
+        self._state = "untried"  # untried -> checking -> ready | disabled
+        self._lock = threading.RLock()
+
+    def get(self) -> ModuleType | None:
+        """The kernel's module, or ``None`` (use the reference). During the self-check (same thread) the
+        module is returned, so that the check's own calls run the kernel."""
+        with self._lock:
+            if self._state == "untried":
+                self._state = "checking"
+                self.module = load_registered(self.spec)
+                problem = "build failed" if self.module is None else self._run_self_check()
+                if problem is None:
+                    self._state = "ready"
+                else:
+                    self._state, self.module = "disabled", None
+                    if problem != "build failed":  # load_extension already warned about build failures
+                        warnings.warn(
+                            f"gmpi: fused CUDA '{self.name}' kernel failed its self-check ({problem}); "
+                            "using the reference PyTorch implementation from now on.",
+                            RuntimeWarning,
+                            stacklevel=4,
+                        )
+            return self.module
+
+    def _run_self_check(self) -> str | None:
+        try:  # independent of the caller's mode: no inference mode, grad on, no autocast
+            with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False):
+                return self.self_check()
+        except Exception as exc:  # a crashing kernel is a failed self-check
+            return f"{type(exc).__name__}: {exc}"
+
+
+_allow_without_gpu = False  # True only inside prebuild_one(): compile CUDA sources on a machine without a GPU
 
 
 def fused_enabled() -> bool:

@@ -10,11 +10,8 @@ the first/second-order gradients, after a one-time self-check against the refere
 from __future__ import annotations
 
 import math
-import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -22,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gmpi_core.ops import kernels
-from gmpi_core.ops._build import ExtensionSpec, load_registered
+from gmpi_core.ops._build import CheckedKernel
 
 __all__ = ["ACTIVATIONS", "ActivationSpec", "bias_act"]
 
@@ -130,44 +127,6 @@ def _bias_act_ref(
 # uses act''(z). The mask is 1 where |gain·act(z)| <= clamp (torch.clamp's convention).
 
 
-class _CheckedKernel:
-    """Builds a CUDA extension on first use, self-checks it once, and disables it (one warning) on failure."""
-
-    def __init__(self, spec: ExtensionSpec, self_check: Callable[[], str | None]) -> None:
-        self.name = spec.name
-        self.spec = spec
-        self.self_check = self_check
-        self.module: ModuleType | None = None
-        self._state = "untried"  # untried -> checking -> ready | disabled
-        self._lock = threading.RLock()
-
-    def get(self) -> ModuleType | None:
-        with self._lock:
-            if self._state == "untried":
-                self._state = "checking"
-                self.module = load_registered(self.spec)
-                problem = "build failed" if self.module is None else self._run_self_check()
-                if problem is None:
-                    self._state = "ready"
-                else:
-                    self._state, self.module = "disabled", None
-                    if problem != "build failed":  # load_extension already warned about build failures
-                        warnings.warn(
-                            f"gmpi: fused CUDA '{self.name}' kernel failed its self-check ({problem}); "
-                            "using the reference PyTorch implementation from now on.",
-                            RuntimeWarning,
-                            stacklevel=4,
-                        )
-            return self.module
-
-    def _run_self_check(self) -> str | None:
-        try:  # independent of the caller's mode: no inference mode, grad on, no autocast
-            with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False):
-                return self.self_check()
-        except Exception as exc:  # a crashing kernel is a failed self-check
-            return f"{type(exc).__name__}: {exc}"
-
-
 def _self_check() -> str | None:
     """Compare forward, gradient and second-order gradient with the reference on small random inputs."""
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -188,7 +147,7 @@ def _self_check() -> str | None:
     return None
 
 
-_KERNEL = _CheckedKernel(kernels.BIAS_ACT, _self_check)
+_KERNEL = CheckedKernel(kernels.BIAS_ACT, _self_check)
 
 
 def _use_kernel(x: Tensor, impl: str) -> bool:

@@ -17,7 +17,22 @@ import time
 
 import torch
 
-from gmpi_core.ops import _build
+from gmpi_core.ops import _build, kernels  # noqa: F401  (kernels: declares every kernel)
+
+
+def prebuild(cuda: bool = True) -> dict[str, str]:
+    """Build every fused extension (``gmpi_core.ops.kernels`` declares them) into ``TORCH_EXTENSIONS_DIR``
+    now, without a GPU and without the kernels' numerical self-checks (those run on first use on a GPU);
+    ``cuda``: the CUDA kernels too. → ``{name: reason}`` for each extension that failed to build (empty:
+    all built)."""
+    failed: dict[str, str] = {}
+    for spec in _build.registered_specs():  # importing ops.kernels declared them all
+        if spec.cuda and not cuda:
+            continue
+        reason = _build.prebuild_one(spec)
+        if reason is not None:
+            failed[spec.name] = reason
+    return failed
 
 
 def prebuild_kernels(cuda: bool | None = None) -> dict[str, str]:
@@ -25,7 +40,7 @@ def prebuild_kernels(cuda: bool | None = None) -> dict[str, str]:
     → ``{name: reason}`` of those that failed (empty: all built or fused kernels are disabled)."""
     if not _build.fused_enabled():
         return {}
-    return _build.prebuild(cuda=torch.cuda.is_available() if cuda is None else cuda)
+    return prebuild(cuda=torch.cuda.is_available() if cuda is None else cuda)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gmpi_core.ops import kernels
-from gmpi_core.ops.bias_act import IMPLS, _CheckedKernel
+from gmpi_core.ops._build import CheckedKernel
+from gmpi_core.ops.bias_act import IMPLS
 
 __all__ = ["downsample2d", "filter2d", "setup_filter", "upfirdn2d", "upsample2d"]
 
@@ -321,7 +322,7 @@ def _self_check() -> str | None:
     return None
 
 
-_KERNEL = _CheckedKernel(kernels.UPFIRDN2D, _self_check)
+_KERNEL = CheckedKernel(kernels.UPFIRDN2D, _self_check)
 
 
 def _use_kernel(x: Tensor, impl: str, filter_needs_grad: bool) -> bool:

@@ -20,7 +20,6 @@ renamed into place once the seed is complete, so an interrupted render leaves no
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -29,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+from gmpi_core.atomic import replace_dir
+from gmpi_core.checkpoints import CHECKPOINT_ERRORS
+from gmpi_core.checkpoints.sources import ModelSource, ModelSourceError, parse_source
 from gmpi_core.mpi.render import OUT_OF_BOUNDS
 from gmpi_core.pipeline import GMPI
 from gmpi_core.render.export import IMAGE_FORMATS, LAYOUTS, export_mpi
@@ -36,9 +38,44 @@ from gmpi_core.render.mesh import DEFAULT_SIGMA, MESH_LEVEL, SMOOTHINGS, extract
 from gmpi_core.render.video import VIDEO_FORMATS, VIDEO_FPS, write_sweep_videos
 from gmpi_core.render.views import SWEEPS, generate_mpi, single_view_pose, write_single_image
 
-__all__ = ["MODES", "build_parser", "main"]
+__all__ = ["MODES", "build_parser", "main", "open_model"]
 
 MODES = ("image", "video", "mesh", "export")
+MODEL_PATH_HINT = (
+    "a model is a native checkpoint folder holding config.json + weights.safetensors, as `gmpi train` "
+    "writes it (e.g. runs/gmpi/model) or the shipped gmpi_core/assets/demo_model, an official GMPI "
+    "checkpoint folder (config.pth + ema.pth) or a StyleGAN2-ADA .pkl"
+)
+
+
+def open_model(model: str | None, preset_name: str | None, seed: int) -> GMPI:
+    """``--model`` (any source :meth:`GMPI.load` opens), else a random ``--preset`` model, else the shipped
+    demo model; a path that holds no model is refused with what a model path looks like."""
+    if model is None:
+        source = None if preset_name is None else ModelSource("random", preset=preset_name)
+        return GMPI.load(source, seed=seed)
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"--model {model}: no such file or folder; {MODEL_PATH_HINT}")
+    try:
+        source = parse_source(model)
+    except ModelSourceError:
+        if path.is_file():
+            raise ValueError(
+                f"--model {model} is a file, not a checkpoint folder; {MODEL_PATH_HINT}"
+            ) from None
+        raise ValueError(
+            f"--model {model} is not a checkpoint folder: it has no config.json; {MODEL_PATH_HINT}"
+        ) from None
+    try:
+        return GMPI.load(source)
+    except CHECKPOINT_ERRORS as exc:
+        if source.kind == "official":  # no config.json, and its official GMPI files do not load
+            raise ValueError(
+                f"--model {model} is not a checkpoint folder: it has no config.json and its official GMPI "
+                f"checkpoint cannot be read ({exc}); {MODEL_PATH_HINT}"
+            ) from None
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--model",
-        help="native checkpoint folder (config.json + weights.safetensors), e.g. runs/gmpi/model as "
-        "`gmpi train` writes it (default: the shipped demo model gmpi_core/assets/demo_model, or a random "
-        "synthetic64 model when none is shipped)",
+        help="the model: a native checkpoint folder (config.json + weights.safetensors), e.g. "
+        "runs/gmpi/model as `gmpi train` writes it, an official GMPI checkpoint folder (config.pth + "
+        "ema.pth), a StyleGAN2-ADA .pkl, or KIND:PATH (default: the shipped demo model "
+        "gmpi_core/assets/demo_model, or a random synthetic64 model when none is shipped)",
     )
     src.add_argument(
         "--preset", help="render a randomly initialised model of this preset (smoke tests; `gmpi presets`)"
@@ -301,25 +339,6 @@ def _check_destination(out: Path, seeds: list[int], overwrite: bool) -> None:
         )
 
 
-def _swap_into_place(staging: Path, final: Path) -> bool:
-    """Move the completed ``staging`` folder to ``final``; an earlier ``final`` is removed only after the
-    new one is complete. → whether an earlier folder was replaced."""
-    old: Path | None = None
-    if final.is_symlink() or (final.exists() and not final.is_dir()):
-        final.unlink()
-        replaced = True
-    elif final.is_dir():
-        replaced = any(final.iterdir())
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    else:
-        replaced = False
-    os.replace(staging, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return replaced
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     modes = list(MODES) if "all" in args.mode else list(dict.fromkeys(args.mode))
@@ -327,11 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     out_root = Path(args.out)
     try:
         _check_destination(out_root, seeds, args.overwrite)
-        from gmpi_core.cli import _load_model
-
-        gmpi, what = _load_model(args.model, args.preset, args.init_seed)
-        gmpi.to(args.device)
-        print(f"[gmpi render] model: {what}; modes: {', '.join(modes)}")
+        gmpi = open_model(args.model, args.preset, args.init_seed).to(args.device)
+        print(f"[gmpi render] model: {gmpi.describe()}; modes: {', '.join(modes)}")
         out_root.mkdir(parents=True, exist_ok=True)
         for seed in seeds:
             t0 = time.perf_counter()
@@ -342,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 staging.mkdir()
                 written = _render_seed(gmpi, args, modes, seed, staging)
-                replaced = _swap_into_place(staging, final)
+                replaced = replace_dir(staging, final)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image, features
 from torch import Tensor
 
+from gmpi_core.atomic import replace_dir
 from gmpi_core.camera import focal_from_fov
 from gmpi_core.config import CameraConfig
 from gmpi_core.pipeline import MPI
@@ -95,17 +95,6 @@ def _check_target(out: Path) -> None:
         raise FileExistsError(
             f"{out} exists and is not an MPI export (no {MANIFEST}); choose a new or empty folder"
         )
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` folder to ``out``, replacing a previous export there."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, old / out.name)
-    os.rename(tmp, out)
-    shutil.rmtree(old)
 
 
 def export_mpi(
@@ -199,7 +188,7 @@ def export_mpi(
         else:
             _save_image(tmp / f"atlas.{fmt}", grid(list(textures), ncols=columns), fmt)
         save_json(tmp / MANIFEST, manifest)
-        _move_into_place(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

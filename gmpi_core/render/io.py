@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,20 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from gmpi_core.atomic import DIR_MODE, FILE_MODE, atomic_write
+
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "depth_to_uint8",
+    "grid",
+    "save_bytes",
+    "save_json",
+    "save_png",
+    "save_video",
+    "to_uint8",
+]
 
 
 def to_uint8(image: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -42,59 +54,20 @@ def grid(images: Sequence[np.ndarray] | np.ndarray, ncols: int, pad: int = 0) ->
     return out
 
 
-def _process_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp/mkdtemp create 0600/0700 entries; outputs get the permissions an ordinary open() would give them
-# (read by web servers and other users), computed once: os.umask can only be read by setting it.
-FILE_MODE = 0o666 & ~_process_umask()
-DIR_MODE = 0o777 & ~_process_umask()
-
-
-def _atomic_target(path: Path) -> tuple[Path, Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.fchmod(fd, FILE_MODE)
-    os.close(fd)
-    return path, Path(tmp)
-
-
 def save_png(path: str | Path, image: np.ndarray) -> Path:
     """Write a uint8 HxW(xC) array as PNG; a crash never leaves a truncated file under ``path``."""
-    final, tmp = _atomic_target(Path(path))
-    try:
-        Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image).save(
-            tmp, "PNG"
-        )
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    pixels = image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image
+    return atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, "PNG"), keep_suffix=True)
 
 
 def save_bytes(path: str | Path, data: bytes) -> Path:
     """Write raw bytes; a crash never leaves a truncated file under ``path``."""
-    final, tmp = _atomic_target(Path(path))
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return atomic_write(path, data, keep_suffix=True)
 
 
 def save_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON; a crash never leaves a truncated file under ``path``."""
-    final, tmp = _atomic_target(Path(path))
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return atomic_write(path, json.dumps(data, indent=2) + "\n", keep_suffix=True)
 
 
 def save_video(path: str | Path, frames: Sequence[np.ndarray], fps: int = 8, quality: float = 8) -> Path:
@@ -103,23 +76,21 @@ def save_video(path: str | Path, frames: Sequence[np.ndarray], fps: int = 8, qua
     into one with the summed duration (playback timing is unchanged, the decoded frame count drops)."""
     import imageio.v2 as imageio
 
-    final, tmp = _atomic_target(Path(path))
     frames = [
         f if f.ndim == 3 and f.shape[-1] == 3 else np.repeat(f.reshape(*f.shape[:2], 1), 3, -1)
         for f in frames
     ]
-    try:
-        if final.suffix.lower() == ".gif":
+
+    def write(tmp: Path) -> None:
+        if tmp.suffix.lower() == ".gif":
             gif_frames: list[Any] = list(frames)  # imageio's stubs want a list of ArrayLike
             imageio.mimsave(tmp, gif_frames, format="GIF", duration=1000 / fps, loop=0)
-        else:
-            writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, quality=quality, macro_block_size=1)
-            try:
-                for f in frames:
-                    writer.append_data(f)
-            finally:
-                writer.close()
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+            return
+        writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, quality=quality, macro_block_size=1)
+        try:
+            for f in frames:
+                writer.append_data(f)
+        finally:
+            writer.close()
+
+    return atomic_write(path, write, keep_suffix=True)  # ffmpeg picks the container by the suffix

@@ -34,10 +34,9 @@ import numpy as np
 import torch
 
 from gmpi_core.config import CameraConfig
-from gmpi_core.mpi.planes import normalized_depth, plane_depths
-from gmpi_core.pipeline import GMPI, plane_layout
+from gmpi_core.mpi.planes import normalized_depth, plane_depths, plane_layout
+from gmpi_core.pipeline import GMPI
 from gmpi_core.render.io import save_bytes
-from gmpi_core.render.views import iter_plane_chunks, mapping_latents
 
 __all__ = [
     "SMOOTHINGS",
@@ -127,16 +126,16 @@ def alpha_volume(
     resolution = gmpi.config.generator.img_resolution
     grid, depth_norm = mesh_grid(gmpi.config.camera, resolution)
     n_zero = resolution - depth_norm.size
-    ws = mapping_latents(gmpi.generator, gmpi.latents([seed]), truncation_psi, zero_w_avg)
     alpha = np.zeros(grid.shape, dtype=np.float32)
     colour: np.ndarray | None = None
-    for start, planes in iter_plane_chunks(
-        gmpi.generator,
-        ws,
+    for start, planes in gmpi.iter_planes(
         torch.from_numpy(depth_norm),
+        [seed],
         chunk_n_planes=chunk_n_planes,
+        truncation_psi=truncation_psi,
         noise_mode=noise_mode,
-        noise_seed=seed,
+        generator=gmpi.noise_generator(seed),
+        zero_w_avg=zero_w_avg,
     ):
         alpha[n_zero + start : n_zero + start + planes.shape[1]] = planes[0, :, 3].float().cpu().numpy()
         if start == 0:  # first plane of a >= 2-plane chunk: the shared colour, not the background's

@@ -14,7 +14,6 @@ take its border texels instead of aborting the run as the original does (``sys.e
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -23,9 +22,14 @@ import torch
 from torch import Tensor
 
 from gmpi_core.mpi.render import OutOfBounds
-from gmpi_core.networks import GMPIGenerator
-from gmpi_core.networks.synthesis import assemble_mpi
-from gmpi_core.pipeline import GMPI, MPI, plane_layout
+from gmpi_core.pipeline import (  # re-exported: the pieces of GMPI.generate lived here
+    GMPI,
+    MPI,
+    generate_planes,
+    iter_plane_chunks,
+    mapping_latents,
+    zeroed_w_avg,
+)
 from gmpi_core.render.io import depth_to_uint8, grid, save_json, save_png, to_uint8
 
 __all__ = [
@@ -60,111 +64,7 @@ GRID_COLUMNS = 8  # planes per row of the mpi_*.png grids (spec §10)
 GRID_PAD = 2
 
 
-# -- latents and planes ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def zeroed_w_avg(generator: GMPIGenerator) -> Iterator[None]:
-    """Temporarily set w̄ = 0, so ψ < 1 truncates toward w = 0 like the official renders, whose
-    evaluation never restores the ``w_avg`` buffer (spec §9.1, §10). Restored on exit."""
-    w_avg = generator.mapping.w_avg
-    saved = w_avg.clone()
-    w_avg.zero_()
-    try:
-        yield
-    finally:
-        w_avg.copy_(saved)
-
-
-@torch.no_grad()
-def mapping_latents(
-    generator: GMPIGenerator, z: Tensor, truncation_psi: float = 1.0, zero_w_avg: bool = False
-) -> Tensor:
-    """z [B, z_dim] → ws [B, num_ws, w_dim] = w̄ + ψ (w − w̄), with w̄ the real running mean or 0."""
-    with zeroed_w_avg(generator) if zero_w_avg else nullcontext():
-        return generator.mapping(z, None, truncation_psi=truncation_psi, update_w_avg=False)
-
-
-@contextmanager
-def _seeded_noise(seed: int, device: torch.device) -> Iterator[None]:
-    """A private RNG state seeded with ``seed``: every call inside draws the same per-layer noise."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-def iter_plane_chunks(
-    generator: GMPIGenerator,
-    ws: Tensor,
-    plane_depth_norm: Tensor,
-    *,
-    chunk_n_planes: int | None = None,
-    noise_mode: str = "random",
-    noise_seed: int = 0,
-) -> Iterator[tuple[int, Tensor]]:
-    """Yield (first plane index, planes [B, n, 4, R, R]) for consecutive chunks of ``plane_depth_norm`` [N].
-
-    Every chunk is synthesised from the same ``ws`` with the same noise (drawn from an RNG seeded with
-    ``noise_seed`` before each chunk), so alphas equal those of one call over all planes. Each chunk is a
-    separate MPI to the network: its last plane carries the background colour, and its alpha is left as
-    generated (``background_alpha_full=False``); :func:`generate_planes` reassembles the colours.
-    """
-    n = plane_depth_norm.numel()
-    chunk = n if chunk_n_planes is None or chunk_n_planes <= 0 else chunk_n_planes
-    if chunk < 2 and n > 1:
-        raise ValueError(
-            f"chunk_n_planes must be >= 2 (or <= 0 for all planes at once), got {chunk_n_planes}"
-        )
-    depth_norm = plane_depth_norm.to(ws.device)
-    for start in range(0, n, chunk):
-        with _seeded_noise(noise_seed, ws.device), torch.no_grad():
-            planes = generator.synthesis(
-                ws, depth_norm[start : start + chunk], noise_mode=noise_mode, background_alpha_full=False
-            )
-        yield start, planes
-
-
-def generate_planes(
-    generator: GMPIGenerator,
-    ws: Tensor,
-    plane_depth_norm: Tensor,
-    *,
-    chunk_n_planes: int | None = None,
-    noise_mode: str = "random",
-    noise_seed: int = 0,
-    background_alpha_full: bool = True,
-) -> Tensor:
-    """MPI [B, N, 4, R, R] for ws [B, num_ws, w_dim] and z̃ [N], synthesised ``chunk_n_planes`` at a time.
-
-    Unlike the original's chunked generation (spec §10 PITFALL: every chunk's last plane became an opaque
-    background with its own noise), the result equals one call over all N planes: planes 0..N−2 get the
-    shared colour, plane N−1 the background colour, alphas come from identically seeded chunks.
-    """
-    n = plane_depth_norm.numel()
-    if chunk_n_planes is None or chunk_n_planes <= 0 or chunk_n_planes >= n:
-        with _seeded_noise(noise_seed, ws.device), torch.no_grad():
-            return generator.synthesis(
-                ws,
-                plane_depth_norm.to(ws.device),
-                noise_mode=noise_mode,
-                background_alpha_full=background_alpha_full,
-            )
-    alphas, rgb, background = [], None, None
-    for start, planes in iter_plane_chunks(
-        generator,
-        ws,
-        plane_depth_norm,
-        chunk_n_planes=chunk_n_planes,
-        noise_mode=noise_mode,
-        noise_seed=noise_seed,
-    ):
-        if (
-            start == 0
-        ):  # the first chunk has >= 2 planes: its first carries the colour, its last the background
-            rgb, background = planes[:, 0, :3], planes[:, -1, :3]
-        alphas.append(planes[:, :, 3])
-    assert rgb is not None and background is not None
-    return assemble_mpi(rgb, background, torch.cat(alphas, 1), background_alpha_full)
+# -- the MPI of a seed -----------------------------------------------------------------------------------
 
 
 def generate_mpi(
@@ -179,13 +79,15 @@ def generate_mpi(
 ) -> MPI:
     """The MPI [1, N, 4, R, R] of one seed: z from ``torch.manual_seed(seed)`` (spec §9.1), noise seeded
     with the same seed (reproducible renders), N = ``n_planes`` or the config's evaluation count."""
-    n = n_planes or gmpi.config.eval.n_planes
-    dhw, depth_norm = plane_layout(gmpi.config.camera, n)
-    ws = mapping_latents(gmpi.generator, gmpi.latents([seed]), truncation_psi, zero_w_avg)
-    rgba = generate_planes(
-        gmpi.generator, ws, depth_norm, chunk_n_planes=chunk_n_planes, noise_mode=noise_mode, noise_seed=seed
+    return gmpi.generate(
+        seeds=[seed],
+        n_planes=n_planes,
+        truncation_psi=truncation_psi,
+        noise_mode=noise_mode,
+        generator=gmpi.noise_generator(seed),
+        zero_w_avg=zero_w_avg,
+        chunk_n_planes=chunk_n_planes,
     )
-    return MPI(rgba=rgba, plane_dhw=dhw.to(rgba.device), depth_norm=depth_norm.to(rgba.device))
 
 
 # -- poses and views ------------------------------------------------------------------------------------

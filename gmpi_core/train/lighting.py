@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gmpi_core.camera import sample_truncated_normal, sphere_c2w
+from gmpi_core.camera import camera_c2w, sample_truncated_normal
 from gmpi_core.config import CameraConfig, LightingConfig
 from gmpi_core.mpi.planes import texel_xyz
 
@@ -81,7 +81,7 @@ class LightingAugmentation:
         pitch = sample_truncated_normal(
             cfg.light_pitch_mean, cfg.light_pitch_std, 2.0, batch, generator=generator
         )
-        position = sphere_c2w(yaw, pitch, radius=cam.sphere_radius, center_z=cam.sphere_center_z)[:, :3, 3]
+        position = camera_c2w(cam, yaw, pitch)[:, :3, 3]
         center = torch.tensor([0.0, 0.0, cam.sphere_center_z])
         return F.normalize(center - position, dim=-1)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from gmpi_core.ops import _build
 from gmpi_core.ops import bias_act as bias_act_module
 from gmpi_core.ops._build import ExtensionSpec
 from gmpi_core.ops.bias_act import ACTIVATIONS, bias_act
@@ -200,23 +201,23 @@ def test_fused_kernel_failing_its_self_check_is_disabled_after_one_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake_module = object()
-    monkeypatch.setattr(bias_act_module, "load_registered", lambda spec: fake_module)
+    monkeypatch.setattr(_build, "load_registered", lambda spec: fake_module)
     demo = ExtensionSpec("demo", [], cuda=True)  # not registered: stays out of prebuild
-    failing = bias_act_module._CheckedKernel(demo, lambda: "y differs")
+    failing = _build.CheckedKernel(demo, lambda: "y differs")
     with pytest.warns(RuntimeWarning, match=r"failed its self-check \(y differs\)"):
         assert failing.get() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert failing.get() is None  # no second warning, no second attempt
-    passing = bias_act_module._CheckedKernel(demo, lambda: None)
+    passing = _build.CheckedKernel(demo, lambda: None)
     assert passing.get() is fake_module
 
 
 def test_fused_kernel_that_crashes_in_its_self_check_is_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bias_act_module, "load_registered", lambda spec: object())
+    monkeypatch.setattr(_build, "load_registered", lambda spec: object())
 
     def crash() -> str | None:
         raise RuntimeError("illegal memory access")
 
     with pytest.warns(RuntimeWarning, match="illegal memory access"):
-        assert bias_act_module._CheckedKernel(ExtensionSpec("demo", [], cuda=True), crash).get() is None
+        assert _build.CheckedKernel(ExtensionSpec("demo", [], cuda=True), crash).get() is None

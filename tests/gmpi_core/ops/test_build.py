@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gmpi_core.ops import _build
+from gmpi_core.ops.prebuild import prebuild
 
 
 def test_every_fused_kernel_is_registered_for_prebuild():
@@ -30,7 +31,7 @@ def test_prebuild_builds_the_cpu_kernel_and_first_use_then_loads_it():
 
     # the default build folder, shared with the rest of the suite: a cold build costs ~1 min on 2 cores
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
-    assert _build.prebuild(cuda=False) == {}
+    assert prebuild(cuda=False) == {}
     assert _build._cache.get("mpi_render_cpu") is None  # not cached as checked: first use loads it again
     assert list(Path(root).glob("**/gmpi_mpi_render_cpu_*/*.so")), f"no shared object in {root}"
     from gmpi_core.mpi.render import _cpu_kernel
@@ -43,7 +44,7 @@ def test_prebuild_without_a_cuda_toolkit_names_each_cuda_kernel_that_failed(tmp_
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
     with pytest.warns(RuntimeWarning):
-        failed = _build.prebuild(cuda=True)
+        failed = prebuild(cuda=True)
     assert set(failed) == {"bias_act", "upfirdn2d", "mpi_render_cuda"}
     assert all(reason for reason in failed.values())
     assert not torch.cuda.is_available() and _build._allow_without_gpu is False
