@@ -3,7 +3,7 @@
     gmpi doctor                              Python, torch/CUDA/cuDNN, GPUs, NCCL, compilers, fused kernels
     gmpi doctor --json report.json           ... also written as JSON
     gmpi doctor --build                      build the fused kernels first (as scripts/dev.sh env does)
-    gmpi doctor --selftest --device cpu      fused CPU renderer vs reference, gloo two-process all-reduce
+    gmpi doctor --selftest --device cpu      fused CPU renderer and bias_act vs reference, gloo all-reduce
     gmpi doctor --gpu-selftest --bench       CUDA kernels vs reference, fp16 vs fp32 blocks, NCCL, a timed
                                              FFHQ256 train step; exit 1 when a check fails, 2 without a GPU
 
@@ -339,12 +339,21 @@ def _mismatches(check: Check, worst: float, problems: list[str], passed: str) ->
 
 
 def check_bias_act(device: torch.device) -> Check:
-    """Fused CUDA bias_act vs reference, forward and first-order backward, every activation."""
+    """Fused bias_act (the CUDA kernel, or on the CPU the C++ one) vs reference, forward and first-order
+    backward, every activation."""
+    from gmpi_core.ops import bias_act as bias_act_module
     from gmpi_core.ops.bias_act import ACTIVATIONS, bias_act
 
-    check = _cuda_kernel_check("bias_act", device)
-    if check.status == "skip":
-        return check
+    if device.type == "cpu":
+        check = Check("bias_act", tolerance=f"atol {KERNEL_ATOL:g} + rtol {KERNEL_RTOL:g}·|ref|")
+        if bias_act_module._CPU_KERNEL.get() is None:
+            check.status, check.detail = "skip", "the fused CPU kernel did not build (no C++ compiler?)"
+            return check
+    else:
+        check = _cuda_kernel_check("bias_act", device)
+        if check.status == "skip":
+            return check
+    fused = "cuda" if device.type == "cuda" else "cpu"
     gen = torch.Generator().manual_seed(0)
     worst, problems, n = 0.0, [], 0
     for act in ACTIVATIONS:
@@ -354,7 +363,7 @@ def check_bias_act(device: torch.device) -> Check:
                 b = _seeded(gen, shape[1]).to(device).requires_grad_(True)
                 g = _seeded(gen, *shape).to(device)
                 outs = []
-                for impl in ("cuda", "ref"):
+                for impl in (fused, "ref"):
                     y = bias_act(x, b, dim=1, act=act, clamp=clamp, impl=impl)
                     dx, db = torch.autograd.grad((y * g).sum(), [x, b])
                     outs.append((y, dx, db))

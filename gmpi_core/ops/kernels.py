@@ -25,5 +25,6 @@ MPI_RENDER_CUDA = register_extension(
     ExtensionSpec("mpi_render_cuda", [_MPI / "render_cuda_binding.cpp", _MPI / "render_cuda.cu"], cuda=True)
 )
 MPI_RENDER_CPU = register_extension(ExtensionSpec("mpi_render_cpu", [_MPI / "render_cpu.cpp"]))
+BIAS_ACT_CPU = register_extension(ExtensionSpec("bias_act_cpu", [_OPS / "bias_act_cpu.cpp"]))
 
-ALL = (BIAS_ACT, UPFIRDN2D, MPI_RENDER_CUDA, MPI_RENDER_CPU)
+ALL = (BIAS_ACT, UPFIRDN2D, MPI_RENDER_CUDA, MPI_RENDER_CPU, BIAS_ACT_CPU)

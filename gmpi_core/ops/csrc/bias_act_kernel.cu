@@ -2,95 +2,11 @@
 // z = x + b; mode 0 writes clamp(act(z)·gain), mode 1 g·gain·act'(z)·mask, mode 2 g·gain·act''(z)·mask,
 // where mask = 1 iff |gain·act(z)| <= clamp (torch.clamp's gradient convention) or clamping is off.
 #include "bias_act.h"
+#include "bias_act_math.h"
 #include "common.cuh"
 
 namespace gmpi {
 namespace {
-
-constexpr double kSeluScale = 1.0507009873554804934193349852946;
-constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
-constexpr double kSoftplusThreshold = 20.0;  // torch.nn.functional.softplus: linear above it
-
-__host__ __device__ inline float dev_exp(float v) { return expf(v); }
-__host__ __device__ inline double dev_exp(double v) { return exp(v); }
-__host__ __device__ inline float dev_expm1(float v) { return expm1f(v); }
-__host__ __device__ inline double dev_expm1(double v) { return expm1(v); }
-__host__ __device__ inline float dev_log1p(float v) { return log1pf(v); }
-__host__ __device__ inline double dev_log1p(double v) { return log1p(v); }
-__host__ __device__ inline float dev_tanh(float v) { return tanhf(v); }
-__host__ __device__ inline double dev_tanh(double v) { return tanh(v); }
-
-template <typename C>
-__host__ __device__ inline C sigmoid(C z) {
-    return C(1) / (C(1) + dev_exp(-z));
-}
-
-template <typename C>
-__host__ __device__ C act_value(int act, C z, C alpha) {
-    switch (act) {
-        case kRelu: return z > C(0) ? z : C(0);
-        case kLrelu: return z > C(0) ? z : z * alpha;
-        case kTanh: return dev_tanh(z);
-        case kSigmoid: return sigmoid(z);
-        case kElu: return z > C(0) ? z : dev_expm1(z);
-        case kSelu: return z > C(0) ? C(kSeluScale) * z : C(kSeluScale * kSeluAlpha) * dev_expm1(z);
-        case kSoftplus: return z > C(kSoftplusThreshold) ? z : dev_log1p(dev_exp(z));
-        case kSwish: return z * sigmoid(z);
-        default: return z;  // kLinear
-    }
-}
-
-// d act / dz, with torch's choices at the kinks (relu'(0) = 0, lrelu'(0) = alpha, selu'(0) from the left).
-template <typename C>
-__host__ __device__ C act_grad(int act, C z, C alpha) {
-    switch (act) {
-        case kRelu: return z > C(0) ? C(1) : C(0);
-        case kLrelu: return z > C(0) ? C(1) : alpha;
-        case kTanh: {
-            const C t = dev_tanh(z);
-            return C(1) - t * t;
-        }
-        case kSigmoid: {
-            const C s = sigmoid(z);
-            return s * (C(1) - s);
-        }
-        case kElu: return z > C(0) ? C(1) : dev_exp(z);
-        case kSelu: return z > C(0) ? C(kSeluScale) : C(kSeluScale * kSeluAlpha) * dev_exp(z);
-        case kSoftplus: return z > C(kSoftplusThreshold) ? C(1) : sigmoid(z);
-        case kSwish: {
-            const C s = sigmoid(z);
-            return s * (C(1) + z * (C(1) - s));
-        }
-        default: return C(1);  // kLinear
-    }
-}
-
-// d² act / dz² (zero for the piecewise-linear activations).
-template <typename C>
-__host__ __device__ C act_grad2(int act, C z) {
-    switch (act) {
-        case kTanh: {
-            const C t = dev_tanh(z);
-            return C(-2) * t * (C(1) - t * t);
-        }
-        case kSigmoid: {
-            const C s = sigmoid(z);
-            return s * (C(1) - s) * (C(1) - C(2) * s);
-        }
-        case kElu: return z > C(0) ? C(0) : dev_exp(z);
-        case kSelu: return z > C(0) ? C(0) : C(kSeluScale * kSeluAlpha) * dev_exp(z);
-        case kSoftplus: {
-            if (z > C(kSoftplusThreshold)) return C(0);
-            const C s = sigmoid(z);
-            return s * (C(1) - s);
-        }
-        case kSwish: {
-            const C s = sigmoid(z);
-            return s * (C(1) - s) * (C(2) + z * (C(1) - C(2) * s));
-        }
-        default: return C(0);  // kLinear, kRelu, kLrelu
-    }
-}
 
 // One output element; __host__ so that the math can be unit-tested on a machine without a GPU.
 template <typename T>

@@ -18,9 +18,9 @@ def test_every_fused_kernel_is_registered_for_prebuild():
     import gmpi_core.ops.upfirdn2d  # noqa: F401
 
     specs = _build._specs
-    assert set(specs) == {"bias_act", "upfirdn2d", "mpi_render_cuda", "mpi_render_cpu"}
+    assert set(specs) == {"bias_act", "upfirdn2d", "mpi_render_cuda", "mpi_render_cpu", "bias_act_cpu"}
     assert all(src.is_file() for spec in specs.values() for src in spec.sources)
-    assert {n for n, s in specs.items() if not s.cuda} == {"mpi_render_cpu"}
+    assert {n for n, s in specs.items() if not s.cuda} == {"mpi_render_cpu", "bias_act_cpu"}
 
 
 @pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
@@ -187,7 +187,7 @@ def test_prebuild_command_builds_the_cpu_kernels(capsys):
     from gmpi_core.ops import prebuild
 
     assert prebuild.main(["--cpu-only", "--strict"]) == 0
-    assert "built ['mpi_render_cpu']" in capsys.readouterr().out
+    assert "built ['bias_act_cpu', 'mpi_render_cpu']" in capsys.readouterr().out
 
 
 def test_prebuild_command_fails_strictly_and_prints_the_compiler_output(monkeypatch, capsys):
