@@ -2,10 +2,10 @@
 
     celery -A services.common.celery_app worker -Q train --concurrency 1 --hostname train@%h -l INFO
 
-Long GPU jobs (DESIGN.md, field notes §5): late acks, prefetch 1, a Redis visibility timeout above the
-longest task (``GMPI_VISIBILITY_TIMEOUT_S`` > ``GMPI_TASK_TIME_LIMIT_S``), hard/soft time limits, and
-re-queueing when a worker dies mid-task; task modules are imported by the worker only, so the gateway
-never imports torch.
+Long GPU jobs (services/README.md, "Object store and jobs"): late acks, prefetch 1, a Redis visibility
+timeout above the longest task (``GMPI_VISIBILITY_TIMEOUT_S`` > ``GMPI_TASK_TIME_LIMIT_S``), hard/soft
+time limits, and re-queueing when a worker dies mid-task; task modules are imported by the worker only,
+so the gateway never imports torch.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import celeryd_after_setup, worker_ready
 
+from services.common.contracts import TASK_QUEUES
 from services.common.settings import get_settings
 
-QUEUES = ("landmarks", "pose", "train", "eval", "render")
+QUEUES = tuple(TASK_QUEUES.values())
 KERNEL_QUEUES = ("train", "eval", "render")  # their tasks run the fused kernels
 TASK_MODULES = (
     "services.landmarks.tasks",
@@ -31,14 +32,8 @@ TASK_MODULES = (
     "services.evaluator.tasks",
     "services.renderer.tasks",
 )
-# task name prefix -> queue
-ROUTES = {
-    "gmpi.landmarks.*": {"queue": "landmarks"},
-    "gmpi.pose.*": {"queue": "pose"},
-    "gmpi.train.*": {"queue": "train"},
-    "gmpi.eval.*": {"queue": "eval"},
-    "gmpi.render.*": {"queue": "render"},
-}
+# task name pattern -> queue (contracts.TaskName: the family of a task's name picks its queue)
+ROUTES = {f"{family}.*": {"queue": queue} for family, queue in TASK_QUEUES.items()}
 
 
 log = logging.getLogger("gmpi.celery")
@@ -107,6 +102,7 @@ class DeliveryCappedTask(Task):  # type: ignore[misc]
     ) -> Any:
         import json
 
+        from services.common.contracts import JobState
         from services.common.jobs import JobNotFound
 
         job_id = _job_id_of(self, args, kwargs)
@@ -135,7 +131,7 @@ class DeliveryCappedTask(Task):  # type: ignore[misc]
             with contextlib.suppress(JobNotFound):
                 jobs.transition(
                     job_id,
-                    "failed",
+                    JobState.FAILED,
                     error={
                         "code": WORKER_LOST_REPEATEDLY,
                         "message": message,

@@ -13,22 +13,23 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any
 
 import redis
 
+from services.common.contracts import TERMINAL as TERMINAL  # re-exported: the job states' one definition
+from services.common.contracts import JobState, JobType
 from services.common.keys import OWNER_PREFIX, is_owner_id, new_id, normalize_owner
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-JOB_TYPES: tuple[str, ...] = ("preprocess", "train", "evaluate", "render_video", "extract_mesh")
+STATES: tuple[str, ...] = tuple(JobState)
+JOB_TYPES: tuple[str, ...] = tuple(JobType)
 IDEMPOTENCY_TTL_S = 24 * 3600
 DEADLETTER_MAX = 1000  # entries kept on the dead-letter list (gmpi:deadletter), newest first
 _LIST_BATCH = 500  # index entries per pipelined round trip when listing with filters
 SINCE_START: Any = object()  # JobStore.progress: estimate the ETA from the job's rate since it started
 _JSON_FIELDS = ("params", "progress", "result", "error", "artifacts", "metrics", "info")
 
+# The Lua scripts spell out the terminal states of JobState (contracts.TERMINAL): succeeded, failed, cancelled
 # KEYS[1] job hash; ARGV[1] new state, ARGV[2] now, ARGV[3] JSON of extra fields (already encoded values)
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -162,7 +163,7 @@ class JobStore:
         record = {
             "id": job_id,
             "type": job_type,
-            "state": "queued",
+            "state": JobState.QUEUED.value,
             "params": params,
             "created_at": now,
             "updated_at": now,
@@ -277,7 +278,9 @@ class JobStore:
     def transition(self, job_id: str, state: JobState, **fields: Any) -> bool:
         """Move to ``state`` (with extra fields) unless the job already ended; → whether it moved."""
         extra = {k: json.dumps(v) for k, v in fields.items()}
-        out = self._transition(keys=[self._key(job_id)], args=[state, _now(), json.dumps(extra)])
+        out = self._transition(
+            keys=[self._key(job_id)], args=[JobState(state).value, _now(), json.dumps(extra)]
+        )
         out = _text(out)
         if out == "missing":
             raise JobNotFound(job_id)
@@ -353,7 +356,7 @@ class JobStore:
 
     def is_cancelled(self, job_id: str) -> bool:
         try:
-            return self.state(job_id) == "cancelled"
+            return self.state(job_id) == JobState.CANCELLED
         except JobNotFound:
             return True
 
@@ -408,8 +411,22 @@ class JobStore:
                 raw_owner = json.loads(own) if own is not None else None
             except (ValueError, TypeError, redis.ResponseError):
                 pass
+            written_under = None  # the raw key the idempotency key was written under, if the job proves it
             if isinstance(raw_owner, str) and not is_owner_id(raw_owner) and rest.startswith(raw_owner + ":"):
-                target = f"{idem_prefix}{normalize_owner(raw_owner)}:{rest[len(raw_owner) + 1 :]}"
+                written_under = raw_owner
+            elif isinstance(raw_owner, str) and is_owner_id(raw_owner):
+                # the job was migrated already (another gateway's run at the same time): a prefix of the
+                # idempotency key that hashes to the job's owner proves it just as well
+                written_under = next(
+                    (
+                        rest[:i]
+                        for i, ch in enumerate(rest)
+                        if ch == ":" and i > 0 and normalize_owner(rest[:i]) == raw_owner
+                    ),
+                    None,
+                )
+            if written_under is not None:
+                target = f"{idem_prefix}{normalize_owner(written_under)}:{rest[len(written_under) + 1 :]}"
                 with contextlib.suppress(redis.ResponseError):  # expired meanwhile
                     self.r.renamenx(key, target)
             self.r.delete(key)  # a no-op after the rename; otherwise the key cannot be attributed

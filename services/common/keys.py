@@ -1,4 +1,5 @@
-"""Object keys: validation of anything a client sends, and the bucket layout of DESIGN.md."""
+"""Object keys: validation of anything a client sends, and the bucket layout (services/README.md,
+"Object store and jobs")."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def temp_key() -> str:
     return f"{TEMP_PREFIX}{uuid.uuid4().hex}"
 
 
-# --- layout (DESIGN.md "Object store layout") -------------------------------------------------------------
+# --- layout (services/README.md, "Object store and jobs") -------------------------------------------------
 def dataset_prefix(dataset_id: str) -> str:
     return f"datasets/{validate_id(dataset_id, what='dataset id')}/"
 

@@ -1,9 +1,10 @@
 """What every job task shares: the job lifecycle around the library call, heartbeats, cancellation,
 retries with backoff for transient storage/broker errors, and the local cache.
 
-A task is ``@job_task(name)`` over ``fn(ctx: JobContext) -> result``; the wrapper marks the job running,
-beats a heartbeat into the record (so ``recovery`` can re-queue the task of a worker that died), watches
-for cancellation, and records success or a failure with its message.
+A task is ``@job_task(name)`` over ``fn(ctx: JobContext[P]) -> result``, ``P`` the job type's parameter
+model of ``services.common.contracts`` (``ctx.params``, parsed once from the job record); the wrapper marks
+the job running, beats a heartbeat into the record (so ``recovery`` can re-queue the task of a worker that
+died), watches for cancellation, and records success or a failure with its message.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import redis
+from pydantic import BaseModel
 
 from services.common.celery_app import app
+from services.common.contracts import TERMINAL, JobState, parse_job_params
 from services.common.jobs import SINCE_START as SINCE_START  # re-exported for the tasks
 from services.common.jobs import JobNotFound, JobStore, get_job_store
 from services.common.settings import Settings, get_settings
@@ -42,16 +44,41 @@ class JobInputError(ValueError):
     """The job cannot run with its inputs (missing dataset, bad model); not retried."""
 
 
-@dataclass
-class JobContext:
-    job_id: str
-    params: dict[str, Any]
-    jobs: JobStore
-    storage: Storage
-    settings: Settings
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    # per stage: (step, monotonic time) of its first report in this attempt: where its rate is measured from
-    _origins: dict[str, tuple[int, float]] = field(default_factory=dict, repr=False)
+P = TypeVar("P", bound=BaseModel)
+
+
+class JobContext(Generic[P]):
+    """What a task body gets: the job's id and typed parameters, the job store, the object store, the
+    settings, and its progress, cancellation and scratch folder.
+
+    ``params``: the job type's parameter model (``services.common.contracts``), or the job record's
+    ``params`` dict with ``job_type`` (``run_job`` passes these), parsed on first use and kept."""
+
+    def __init__(
+        self,
+        job_id: str,
+        params: P | Mapping[str, Any],
+        jobs: JobStore,
+        storage: Storage,
+        settings: Settings,
+        *,
+        job_type: str | None = None,
+    ) -> None:
+        if not isinstance(params, BaseModel) and job_type is None:
+            raise TypeError("JobContext: parameters given as a dict need the job_type they belong to")
+        self.job_id, self.jobs, self.storage, self.settings = job_id, jobs, storage, settings
+        self.job_type = job_type
+        self._params: BaseModel | Mapping[str, Any] = params
+        self.cancelled = threading.Event()
+        # per stage: (step, monotonic time) of its first report in this attempt: where its rate is measured
+        self._origins: dict[str, tuple[int, float]] = {}
+
+    @property
+    def params(self) -> P:
+        """The job's parameters as its type's model (a ValueError when the record's do not fit it)."""
+        if not isinstance(self._params, BaseModel):
+            self._params = parse_job_params(str(self.job_type), dict(self._params))
+        return cast(P, self._params)
 
     @property
     def work_dir(self) -> Path:
@@ -103,7 +130,7 @@ def _interrupt(thread_id: int, lock: threading.Lock, stop: threading.Event) -> N
             )
 
 
-def _heartbeat(ctx: JobContext, stop: threading.Event, thread_id: int, lock: threading.Lock) -> None:
+def _heartbeat(ctx: JobContext[Any], stop: threading.Event, thread_id: int, lock: threading.Lock) -> None:
     while not stop.wait(HEARTBEAT_S):
         try:
             if not ctx.jobs.update(ctx.job_id, heartbeat_at=time.time()):
@@ -115,7 +142,9 @@ def _heartbeat(ctx: JobContext, stop: threading.Event, thread_id: int, lock: thr
             return
 
 
-def run_job(job_id: str, fn: Callable[[JobContext], Any], *, final: bool = True, entry: bool = True) -> Any:
+def run_job(
+    job_id: str, fn: Callable[[JobContext[Any]], Any], *, final: bool = True, entry: bool = True
+) -> Any:
     """Run ``fn`` as the body of job ``job_id``; with ``final`` the job ends when ``fn`` returns.
 
     ``entry``: this is the job's own task (what ``POST /v1/jobs`` queued), so each run of it (the first
@@ -128,18 +157,20 @@ def run_job(job_id: str, fn: Callable[[JobContext], Any], *, final: bool = True,
     except JobNotFound:
         log.warning("job %s has no record; dropping the task", job_id)
         return None
-    if rec["state"] in ("succeeded", "failed", "cancelled"):
+    if rec["state"] in TERMINAL:
         log.info("job %s already %s; nothing to do", job_id, rec["state"])
         return rec.get("result")
-    ctx = JobContext(job_id, rec["params"], jobs, get_storage(settings), settings)
+    ctx: JobContext[Any] = JobContext(
+        job_id, rec["params"], jobs, get_storage(settings), settings, job_type=rec["type"]
+    )
     if entry:  # one write with the state: a running job never shows the queued job's progress
         attempt = jobs.incr_attempts(job_id)
         again = "" if attempt == 1 else f" again (attempt {attempt})"
         was = rec.get("progress") or {}
         starting = {**was, "eta_s": None, "message": f"starting{again}", "stage": "setup"}
-        jobs.transition(job_id, "running", heartbeat_at=time.time(), progress=starting)
+        jobs.transition(job_id, JobState.RUNNING, heartbeat_at=time.time(), progress=starting)
     else:
-        jobs.transition(job_id, "running", heartbeat_at=time.time())
+        jobs.transition(job_id, JobState.RUNNING, heartbeat_at=time.time())
     stop, lock = threading.Event(), threading.Lock()
     beat = threading.Thread(
         target=_heartbeat,
@@ -173,7 +204,7 @@ def run_job(job_id: str, fn: Callable[[JobContext], Any], *, final: bool = True,
         details = getattr(exc, "details", None)
         jobs.transition(
             job_id,
-            "failed",
+            JobState.FAILED,
             error={
                 "code": code,
                 "message": (str(exc) or type(exc).__name__)[:8000],
@@ -184,16 +215,17 @@ def run_job(job_id: str, fn: Callable[[JobContext], Any], *, final: bool = True,
     if final:
         total = (jobs.get(job_id).get("progress") or {}).get("total") or 1
         done = {"step": total, "total": total, "eta_s": 0.0, "message": "done", "stage": "done"}
-        jobs.transition(job_id, "succeeded", result=result, progress=done)
+        jobs.transition(job_id, JobState.SUCCEEDED, result=result, progress=done)
     return result
 
 
-def job_task(name: str, **options: Any) -> Callable[[Callable[[JobContext], Any]], Any]:
-    """Register ``fn(ctx)`` as Celery task ``name`` taking ``job_id`` (retries transient errors)."""
+def job_task(name: str, **options: Any) -> Callable[[Callable[[JobContext[Any]], Any]], Any]:
+    """Register ``fn(ctx)`` as Celery task ``name`` (a ``contracts.TaskName``) taking ``job_id`` (retries
+    transient errors)."""
 
-    def wrap(fn: Callable[[JobContext], Any]) -> Any:
+    def wrap(fn: Callable[[JobContext[Any]], Any]) -> Any:
         @app.task(
-            name=name,
+            name=str(name),
             bind=True,
             autoretry_for=TRANSIENT,
             retry_backoff=2,
@@ -211,7 +243,7 @@ def job_task(name: str, **options: Any) -> Callable[[Callable[[JobContext], Any]
     return wrap
 
 
-def clear_work_dir(ctx: JobContext) -> None:
+def clear_work_dir(ctx: JobContext[Any]) -> None:
     shutil.rmtree(ctx.work_dir, ignore_errors=True)
 
 
@@ -219,7 +251,7 @@ if os.environ.get("GMPI_TEST_POISON") == "1":
     # Test-only tasks (tests/services/test_poison.py), registered only in a worker started with
     # GMPI_TEST_POISON=1: each kills the worker process that runs it, like an OOM kill or a segfault.
 
-    def _kill_own_process(ctx: JobContext | None = None) -> None:
+    def _kill_own_process(ctx: JobContext[Any] | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     job_task("gmpi.test.poison_job")(_kill_own_process)

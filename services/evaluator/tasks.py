@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.artifacts import fetch_dataset_images, fetch_model
+from services.common.contracts import EvalJobParams, TaskName
 from services.common.evalprogress import EvalProgress
 from services.common.groundtruth import GroundTruthError, extract_ground_truth, ground_truth_key
 from services.common.keys import job_prefix
@@ -43,7 +44,7 @@ def _fetch_ground_truth(storage: Storage, cache_dir: str, dataset_id: str, kind:
         raise JobInputError(f"dataset '{dataset_id}': its {kind} ground truth: {e}") from e
 
 
-def stage_dataset(ctx: JobContext, dataset_id: str) -> tuple[str, str | None]:
+def stage_dataset(ctx: JobContext[Any], dataset_id: str) -> tuple[str, str | None]:
     """(``data`` for run_eval, ``deep3dface_dir`` or None): the images, as a synthetic dataset folder
     when the dataset carries synthetic ground truth."""
     cache = ctx.settings.cache_dir
@@ -77,23 +78,23 @@ def _zip_dir(folder: Path, dest: Path) -> Path:
     return dest
 
 
-@job_task("gmpi.eval.run")
-def evaluate(ctx: JobContext) -> dict[str, Any]:
+@job_task(TaskName.EVALUATE)
+def evaluate(ctx: JobContext[EvalJobParams]) -> dict[str, Any]:
     """Run the requested metrics of the protocol on the job's model."""
     from gmpi_core.eval.protocol import EvalOptions, ModelInfo, run_eval
     from gmpi_core.pipeline import GMPI
 
     p = ctx.params
-    ctx.progress(0, None, f"downloading model '{p['model_id']}'", stage="setup")
-    model_dir = fetch_model(ctx.storage, ctx.settings.cache_dir, p["model_id"])
+    ctx.progress(0, None, f"downloading model '{p.model_id}'", stage="setup")
+    model_dir = fetch_model(ctx.storage, ctx.settings.cache_dir, p.model_id)
     data, deep3dface_dir = None, None
-    if p.get("dataset_id"):
-        ctx.progress(0, None, f"downloading dataset '{p['dataset_id']}'", stage="setup")
-        data, deep3dface_dir = stage_dataset(ctx, p["dataset_id"])
+    if p.dataset_id:
+        ctx.progress(0, None, f"downloading dataset '{p.dataset_id}'", stage="setup")
+        data, deep3dface_dir = stage_dataset(ctx, p.dataset_id)
     ctx.progress(0, None, "building the model", stage="setup")
     options = EvalOptions(
         **{
-            **p.get("options", {}),
+            **p.eval_options(),
             "progress": False,
             "cache_dir": str(ctx.work_dir / "cache"),
             "deep3dface_dir": deep3dface_dir,
@@ -101,7 +102,7 @@ def evaluate(ctx: JobContext) -> dict[str, Any]:
     )
     out = ctx.work_dir / "eval"
     gmpi = GMPI.from_pretrained(model_dir)
-    info = ModelInfo("native", str(model_dir), gmpi.config.name, extra={"model_id": p["model_id"]})
+    info = ModelInfo("native", str(model_dir), gmpi.config.name, extra={"model_id": p.model_id})
     ctx.check_cancelled()
     progress = EvalProgress(ctx.progress, options, gmpi.config, has_data=data is not None)
     progress.start()

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from gmpi_core.config import PRESETS
+from services.common.contracts import EvalParams as EvalParams
 
-Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="a lower-case slug id")]
-MetricName = Literal["fid", "kid", "identity", "depth", "pose"]
-_METRICS: tuple[MetricName, ...] = get_args(MetricName)
-
-
-def _all_metrics() -> list[MetricName]:
-    return list(_METRICS)
-
-
-def _default_formats() -> list[Literal["mp4", "gif"]]:
-    return ["mp4"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# the job parameters are the contract with the workers: defined once there, documented here
+from services.common.contracts import Id as Id
+from services.common.contracts import JobStateName
+from services.common.contracts import MeshParams as MeshParams
+from services.common.contracts import MetricName as MetricName
+from services.common.contracts import PoseOptions as PoseOptions
+from services.common.contracts import PreprocessParams as PreprocessParams
+from services.common.contracts import Strict as Strict
+from services.common.contracts import TrainParams as TrainParams
+from services.common.contracts import VideoParams as VideoParams
 
 
 # --- datasets ---------------------------------------------------------------------------------------------
@@ -131,115 +126,6 @@ class RegisterPrefix(Strict):
 
 
 # --- jobs -------------------------------------------------------------------------------------------------
-class PoseOptions(Strict):
-    estimator: Literal["auto", "dlib68", "mtcnn5"] = Field(
-        "auto",
-        description="auto: dlib's 68 landmarks + PnP when dlib and its model are installed, else the "
-        "5-point PnP (the reason is recorded in poses/pose_estimator.json); template, calibration and "
-        "intrinsics apply to the 5-point path",
-    )
-    template: Literal["bfm", "synthetic"] = "bfm"
-    calibration: Literal["none", "synthetic"] = "none"
-    intrinsics: Literal["gmpi", "deep3dface"] = "gmpi"
-
-
-class PreprocessParams(Strict):
-    dataset_id: Id
-    chunk_size: int | None = Field(None, ge=1, le=100_000, description="images per chunk task")
-    resolution: int | None = Field(
-        None, ge=16, le=4096, description="image side (default: read from the data)"
-    )
-    pose: PoseOptions = PoseOptions()
-
-
-class TrainParams(Strict):
-    dataset_id: Id
-    preset: str = Field("synthetic32", description="an experiment preset of gmpi_core.config")
-    steps: int = Field(..., ge=1, le=10_000_000)
-    ckpt_every: int = Field(500, ge=1, le=1_000_000)
-    log_every: int = Field(10, ge=1, le=100_000)
-    batch: int | None = Field(None, ge=1, le=1024)
-    planes: int | None = Field(None, ge=2, le=256)
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    use_poses: bool = Field(
-        True,
-        description="train with datasets/{id}/poses (required then); off only for a folder dataset whose "
-        "poses.json sits among its images",
-    )
-    gpus: int | None = Field(None, ge=1, le=1024, description="GPUs wanted (above one node's: Kubernetes)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    skip_bad: bool = Field(
-        False,
-        description="train without the images the data check finds bad (unreadable, truncated, wrong size, "
-        "no pose) instead of failing the job with their list (`gmpi train --skip-bad`)",
-    )
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, v: str) -> str:
-        if v not in PRESETS:
-            raise ValueError(f"unknown preset '{v}'; choose one of {', '.join(PRESETS)}")
-        return v
-
-
-class EvalParams(Strict):
-    model_id: Id
-    dataset_id: Id | None = Field(None, description="real images for FID/KID")
-    metrics: list[MetricName] = Field(default_factory=_all_metrics, min_length=1)
-    debug: bool = Field(False, description="the protocol's small debug counts")
-    quick: bool = Field(
-        False,
-        description="smoke-test counts (`gmpi eval --quick`: minutes on a CPU); the report is labelled "
-        "comparable_to_paper: false",
-    )
-    n_fid: int | None = Field(None, ge=2, le=100_000)
-    n_real: int | None = Field(None, ge=2, le=100_000)
-    n_identity: int | None = Field(None, ge=1, le=100_000)
-    n_geometry: int | None = Field(None, ge=1, le=100_000)
-    n_planes: int | None = Field(None, ge=2, le=256)
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    kid_subsets: int | None = Field(None, ge=1, le=1000)
-    kid_subset_size: int | None = Field(None, ge=1, le=100_000)
-    geometry_size: int | None = Field(None, ge=16, le=1024, description="render side for depth/pose (224)")
-    depth_tolerance: float | None = Field(
-        None, gt=0, le=1.0, description="rad: pose match of the synthetic ground-truth depth (0.05)"
-    )
-    keep_images: bool = Field(
-        False,
-        description="also store the geometry renders as jobs/{id}/geometry.zip (the input of "
-        "Deep3DFaceRecon, whose outputs a dataset can then carry as ground truth 'deep3dface')",
-    )
-
-    @field_validator("quick")
-    @classmethod
-    def _one_mode(cls, v: bool, info: ValidationInfo) -> bool:
-        if v and info.data.get("debug"):
-            raise ValueError("quick and debug are two sets of small counts: choose one")
-        return v
-
-    def options(self) -> dict[str, Any]:
-        out = self.model_dump(exclude={"model_id", "dataset_id"}, exclude_none=True)
-        out["metrics"] = tuple(out["metrics"])
-        return out
-
-
-class VideoParams(Strict):
-    model_id: Id
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    psi: float = Field(1.0, ge=0.0, le=2.0)
-    planes: int | None = Field(None, ge=2, le=256)
-    sweep: Literal["horizontal", "vertical"] = "horizontal"
-    frames: int = Field(30, ge=2, le=600)
-    size: int | None = Field(None, ge=16, le=2048)
-    formats: list[Literal["mp4", "gif"]] = Field(default_factory=_default_formats, min_length=1, max_length=2)
-
-
-class MeshParams(Strict):
-    model_id: Id
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    psi: float = Field(1.0, ge=0.0, le=2.0)
-
-
 class PreprocessJob(Strict):
     type: Literal["preprocess"]
     params: PreprocessParams
@@ -300,7 +186,7 @@ class JobError(BaseModel):
 class Job(BaseModel):
     id: str
     type: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: JobStateName
     params: dict[str, Any]
     created_at: float
     started_at: float | None = None

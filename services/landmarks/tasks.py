@@ -1,9 +1,9 @@
 """``preprocess`` jobs, first half: list the images, detect landmarks chunk by chunk (a chord), merge.
 
-Outputs (seed layout, DESIGN.md): ``datasets/{id}/landmarks/detections/results/<member>.txt`` and
-``.../detections/fail_list.txt``. Each finished chunk leaves a marker
-``jobs/{job}/landmark-chunks/NNNNN.json`` (its failures), so a re-delivered or re-run job skips
-the chunks already done.
+Outputs (layout: services/README.md, "Object store and jobs"):
+``datasets/{id}/landmarks/detections/results/<member>.txt`` and ``.../detections/fail_list.txt``. Each
+finished chunk leaves a marker ``jobs/{job}/landmark-chunks/NNNNN.json`` (its failures), so a re-delivered
+or re-run job skips the chunks already done.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from celery import chord
 from services.common import zips
 from services.common.artifacts import check_dataset_zip, fetch_dataset_images
 from services.common.celery_app import app
+from services.common.contracts import PreprocessParams, TaskName
 from services.common.keys import dataset_prefix, job_prefix
 from services.common.tasks import SINCE_START, TRANSIENT, JobContext, JobInputError, run_job
 
@@ -72,8 +73,8 @@ def _check_images_zip(source: Path, dataset_id: str) -> None:
         check_dataset_zip(source, dataset_id)
 
 
-def _start(ctx: JobContext) -> dict[str, Any]:
-    dataset_id = ctx.params["dataset_id"]
+def _start(ctx: JobContext[PreprocessParams]) -> dict[str, Any]:
+    dataset_id = ctx.params.dataset_id
     ctx.progress(0, None, f"downloading the images of dataset '{dataset_id}'", stage="download")
     source = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, dataset_id)
     _check_images_zip(source, dataset_id)
@@ -83,7 +84,7 @@ def _start(ctx: JobContext) -> dict[str, Any]:
         raise JobInputError(f"dataset '{dataset_id}': cannot read its images ({e})") from e
     if not names:
         raise JobInputError(f"dataset '{dataset_id}' holds no images")
-    size = int(ctx.params.get("chunk_size") or ctx.settings.landmark_chunk_size)
+    size = ctx.params.chunk_size or ctx.settings.landmark_chunk_size
     chunks = [names[a : a + size] for a in range(0, len(names), size)]
     ctx.jobs.merge_info(ctx.job_id, {"images": len(names), "chunks": len(chunks)})
     ctx.progress(
@@ -97,21 +98,21 @@ def _start(ctx: JobContext) -> dict[str, Any]:
     return {"chunks": len(chunks)}
 
 
-@app.task(name="gmpi.landmarks.start", **_RETRY)
+@app.task(name=TaskName.LANDMARKS_START.value, **_RETRY)
 def start(self: Any, job_id: str) -> Any:
     """Entry of a ``preprocess`` job: split the images into chunks and fan out."""
     return run_job(job_id, _start, final=False)  # the job's own task: each run is an attempt
 
 
-def _chunk(ctx: JobContext, index: int, names: list[str]) -> dict[str, Any]:
+def _chunk(ctx: JobContext[PreprocessParams], index: int, names: list[str]) -> dict[str, Any]:
     from gmpi_core.preprocess.landmarks import run_landmarks
 
     marker = _chunk_marker(ctx.job_id, index, "landmark")
     if ctx.storage.exists(marker):
         return ctx.storage.get_json(marker)
     ctx.check_cancelled()
-    prefix = dataset_prefix(ctx.params["dataset_id"])
-    source = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
+    prefix = dataset_prefix(ctx.params.dataset_id)
+    source = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, ctx.params.dataset_id)
     with tempfile.TemporaryDirectory(dir=ctx.work_dir, prefix=f"lm{index:05d}-") as tmp:
         images, out = Path(tmp) / "images", Path(tmp) / "out"
         _extract(source, names, images)
@@ -134,12 +135,12 @@ def _chunk(ctx: JobContext, index: int, names: list[str]) -> dict[str, Any]:
     return summary
 
 
-@app.task(name="gmpi.landmarks.chunk", **_RETRY)
+@app.task(name=TaskName.LANDMARKS_CHUNK.value, **_RETRY)
 def landmarks_chunk(self: Any, job_id: str, index: int, names: list[str]) -> Any:
     return run_job(job_id, lambda ctx: _chunk(ctx, index, names), final=False, entry=False)
 
 
-def _done(ctx: JobContext, n_chunks: int) -> dict[str, Any]:
+def _done(ctx: JobContext[PreprocessParams], n_chunks: int) -> dict[str, Any]:
     from services.pose.tasks import fan_out_poses
 
     failed: list[str] = []
@@ -148,7 +149,7 @@ def _done(ctx: JobContext, n_chunks: int) -> dict[str, Any]:
         marker = ctx.storage.get_json(_chunk_marker(ctx.job_id, i, "landmark"))
         failed += marker["failed"]
         detected += marker["detected"]
-    prefix = dataset_prefix(ctx.params["dataset_id"])
+    prefix = dataset_prefix(ctx.params.dataset_id)
     text = "".join(f"{m}\n" for m in sorted(failed)) or "\n"
     ctx.storage.put_bytes(prefix + FAIL_LIST, text.encode(), "text/plain")
     ctx.jobs.merge_metrics(ctx.job_id, {"landmarks_detected": detected, "landmarks_failed": len(failed)})
@@ -157,7 +158,7 @@ def _done(ctx: JobContext, n_chunks: int) -> dict[str, Any]:
     return {"detected": detected, "failed": len(failed)}
 
 
-@app.task(name="gmpi.landmarks.done", **_RETRY)
+@app.task(name=TaskName.LANDMARKS_DONE.value, **_RETRY)
 def landmarks_done(self: Any, job_id: str, n_chunks: int) -> Any:
     """Chord callback: the merged fail list, then the pose stage."""
     return run_job(job_id, lambda ctx: _done(ctx, n_chunks), final=False, entry=False)

@@ -16,6 +16,7 @@ from typing import Any
 from services.common import checkpoint_zip, zips
 from services.common.artifacts import fetch_model, model_manifest
 from services.common.celery_app import app
+from services.common.contracts import MeshParams, TaskName, VideoParams
 from services.common.keys import job_prefix, model_prefix, normalize_owner
 from services.common.redact import public_message
 from services.common.settings import get_settings
@@ -74,7 +75,7 @@ def _png(array: Any) -> bytes:
     return buf.getvalue()
 
 
-@app.task(name="gmpi.render.view", autoretry_for=TRANSIENT, max_retries=2)
+@app.task(name=TaskName.RENDER_VIEW.value, autoretry_for=TRANSIENT, max_retries=2)
 def render_view(
     model_id: str,
     seed: int,
@@ -179,7 +180,7 @@ def unrenderable_view(
     }
 
 
-@app.task(name="gmpi.render.mpi", autoretry_for=TRANSIENT, max_retries=2)
+@app.task(name=TaskName.EXPORT_MPI.value, autoretry_for=TRANSIENT, max_retries=2)
 def export_mpi(
     model_id: str, seed: int, psi: float = 1.0, planes: int | None = None, fmt: str = "png"
 ) -> str:
@@ -235,7 +236,7 @@ def check_sweep(gmpi: Any, mpi: Any, yaws: Any, pitches: Any, size: int | None) 
                 raise UnrenderableSweep(problem, i, len(yaws))
 
 
-def render_video_job(ctx: JobContext) -> dict[str, Any]:
+def render_video_job(ctx: JobContext[VideoParams]) -> dict[str, Any]:
     """Sweep videos (RGB and depth) of one seed, as ``gmpi_core.render.video.write_sweep_videos`` writes
     them, each frame handed to the encoders as soon as its batch is rendered (``services/renderer/
     video.py``: memory holds one batch, not the video); the job's progress counts rendered frames.
@@ -247,16 +248,15 @@ def render_video_job(ctx: JobContext) -> dict[str, Any]:
     from services.renderer.video import FrameWriter
 
     p = ctx.params
-    seed, n = int(p["seed"]), int(p.get("frames", 30))
-    sweep, formats = p.get("sweep", "horizontal"), tuple(p.get("formats", ["mp4"]))
+    seed, n, sweep, formats = p.seed, p.frames, p.sweep, tuple(p.formats)
     total = n + 2 * len(formats) + 1
-    ctx.progress(0, total, f"loading model '{p['model_id']}'", stage="setup")
-    load_model(p["model_id"])
+    ctx.progress(0, total, f"loading model '{p.model_id}'", stage="setup")
+    load_model(p.model_id)
     ctx.progress(0, total, f"generating the MPI of seed {seed}", stage="setup")
-    gmpi, mpi = get_mpi(p["model_id"], seed, float(p.get("psi", 1.0)), p.get("planes"))
+    gmpi, mpi = get_mpi(p.model_id, seed, p.psi, p.planes)
     cam = gmpi.config.camera
     yaws, pitches = sweep_poses(sweep, n)
-    check_sweep(gmpi, mpi, yaws, pitches, p.get("size"))
+    check_sweep(gmpi, mpi, yaws, pitches, p.size)
     out = ctx.work_dir / "videos"
     writers = {
         (kind, fmt): FrameWriter(out / video_name(kind, sweep, fmt), VIDEO_FPS, VIDEO_QUALITY)
@@ -267,9 +267,7 @@ def render_video_job(ctx: JobContext) -> dict[str, Any]:
     try:
         done = 0
         ctx.progress(0, total, f"rendering frames 0/{n}", stage="frames")
-        for images, depths in render_views(
-            gmpi, mpi, yaws, pitches, size=p.get("size"), out_of_bounds="clamp"
-        ):
+        for images, depths in render_views(gmpi, mpi, yaws, pitches, size=p.size, out_of_bounds="clamp"):
             for image, d in zip(images, depths):
                 frame, depth = to_uint8(image), depth_to_uint8(d, cam.d_near, cam.d_far)
                 for fmt in formats:
@@ -290,20 +288,20 @@ def render_video_job(ctx: JobContext) -> dict[str, Any]:
     return {"videos": keys}
 
 
-render_video = job_task("gmpi.render.video")(render_video_job)
+render_video = job_task(TaskName.RENDER_VIDEO)(render_video_job)
 
 
-@job_task("gmpi.render.mesh")
-def extract_mesh(ctx: JobContext) -> dict[str, Any]:
+@job_task(TaskName.EXTRACT_MESH)
+def extract_mesh(ctx: JobContext[MeshParams]) -> dict[str, Any]:
     """A marching-cubes mesh (PLY) of one seed's alpha volume, in the steps of
     ``gmpi_core.render.mesh.extract_mesh`` (its defaults), each reported: load the model, generate the
     alpha volume, marching cubes, write and upload the PLY."""
     from gmpi_core.render.mesh import alpha_volume, mesh_from_alpha, write_ply
 
     p = ctx.params
-    seed, psi = int(p["seed"]), float(p.get("psi", 1.0))
-    ctx.progress(0, 4, f"loading model '{p['model_id']}'", stage="mesh")
-    gmpi, _ = load_model(p["model_id"])
+    seed, psi = p.seed, p.psi
+    ctx.progress(0, 4, f"loading model '{p.model_id}'", stage="mesh")
+    gmpi, _ = load_model(p.model_id)
     res = gmpi.config.generator.img_resolution
     ctx.progress(1, 4, f"generating the {res}³ alpha volume of seed {seed}", stage="mesh")
     alpha, colour, grid = alpha_volume(gmpi, seed, truncation_psi=psi)
@@ -359,7 +357,7 @@ def _import_error(exc: Exception, model_id: str, scratch: str) -> dict[str, Any]
     }
 
 
-@app.task(name="gmpi.render.import_model")
+@app.task(name=TaskName.IMPORT_MODEL.value)
 def import_model(
     model_id: str, kind: str, preset_name: str | None, keys: list[str], owner: str | None = None
 ) -> dict[str, Any]:

@@ -7,7 +7,8 @@ It does on every node what the trainer worker does for a single-node job (:mod:`
 1. read the job record (Redis) and stage the dataset images and poses from the store into the cache;
 2. rebuild the run folder from the last *uploaded* checkpoint and log (a restarted pod resumes from it;
    ranks that lack the newest checkpoint get it from the rank that has it, see ``gmpi_core.train``);
-3. run torchrun with the job's trainer arguments inserted after the entry module, in its own process
+3. run torchrun with the job's trainer arguments inserted after the entry module (its experiment config
+   changes in a file this node writes from the job record: ``tasks.train_args``), in its own process
    group, uploading checkpoints and the log as they appear and following the job's cancellation;
 4. when training ends, the node holding rank 0 (the one whose run folder has the final checkpoint, the
    model export and the log up to the last step) publishes the model; the other nodes exit.
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from services.common.jobs import TERMINAL, JobNotFound, get_job_store
+from services.common.contracts import TERMINAL, JobState, TrainJobParams
+from services.common.jobs import JobNotFound, get_job_store
 from services.common.settings import get_settings
 from services.common.storage import ObjectNotFound, get_storage
 from services.common.tasks import JobCancelled, JobContext
@@ -81,14 +83,16 @@ def run_node(job_id: str, torchrun: list[str]) -> int:
     if rec["state"] in TERMINAL:
         log.info("job %s is already %s; nothing to do", job_id, rec["state"])
         return 0
-    ctx = JobContext(job_id, rec["params"], jobs, get_storage(settings), settings)
-    steps = int(ctx.params["steps"])
+    ctx: JobContext[TrainJobParams] = JobContext(
+        job_id, rec["params"], jobs, get_storage(settings), settings, job_type=rec["type"]
+    )
+    steps = ctx.params.steps
     try:
         data, poses = stage_inputs(ctx)
     except (ObjectNotFound, FileNotFoundError, ValueError) as e:
         message = f"node agent cannot stage the inputs: {e}"
         log.error("%s", message)
-        jobs.transition(job_id, "failed", error={"code": "invalid_input", "message": message})
+        jobs.transition(job_id, JobState.FAILED, error={"code": "invalid_input", "message": message})
         return 2
     run, start_step, up = prepare_run(ctx)
     jobs.merge_info(job_id, {"resumed_from_step": start_step})

@@ -12,9 +12,11 @@ Every node runs the node agent (:mod:`services.trainer.node`) around torchrun::
         torchrun --nnodes=N --nproc-per-node=K --rdzv-backend=c10d --rdzv-endpoint=<job>-worker-0:29400 \\
         --rdzv-id=<job> --max-restarts=3 -m gmpi_core.train.cli <train_args>
 
-The agent stages the job's dataset and last uploaded checkpoint into the pod's cache, appends the job's
-own trainer arguments (``--data``, ``--out``, ``--steps``, ...) to the command, uploads checkpoints and
-the log as they are written, and publishes the model from the node that ends up holding rank 0.
+The agent stages the job's dataset and last uploaded checkpoint into the pod's cache, writes the job's
+experiment config changes (from its typed parameters in the job record) to a file in that cache and adds
+the job's own trainer arguments (``--config-json``, ``--out``, ``--steps``, ...) to the command, uploads
+checkpoints and the log as they are written, and publishes the model from the node that ends up holding
+rank 0.
 
 Submitting is idempotent: a re-delivered task finds its job already there (HTTP 409) and waits on it.
 """
@@ -315,12 +317,8 @@ def _own_image(client: KubeClient, namespace: str) -> str:
     return str(body["spec"]["containers"][0]["image"])
 
 
-def _trainer_image(settings: Any, client: KubeClient, namespace: str) -> str:
-    return (
-        str(getattr(settings, "trainer_image", "") or "")
-        or os.environ.get("GMPI_TRAINER_IMAGE", "")
-        or _own_image(client, namespace)
-    )
+def _trainer_image(client: KubeClient, namespace: str) -> str:
+    return os.environ.get("GMPI_TRAINER_IMAGE", "") or _own_image(client, namespace)
 
 
 def submit_pytorchjob(
@@ -335,14 +333,15 @@ def submit_pytorchjob(
 ) -> str:
     """Create the PyTorchJob for ``job_id`` (or find it already there) and return its name.
 
-    The image is ``settings.trainer_image``, else ``$GMPI_TRAINER_IMAGE``, else this pod's own image.
+    The image is ``image`` (the trainer passes its ``Settings.trainer_image``, GMPI_TRAINER_IMAGE), else
+    ``$GMPI_TRAINER_IMAGE``, else this pod's own image.
     More than ``settings.max_gpus_per_job`` GPUs in total raises :class:`PyTorchJobTooLarge` first.
     """
     gpus_per_node = build_kwargs.get("gpus_per_node") or nproc_per_node
     check_gpu_request(nnodes, gpus_per_node, settings)  # before any request to the cluster
     client = client or KubeClient.in_cluster()
     namespace = _namespace(settings)
-    image = build_kwargs.pop("image", None) or _trainer_image(settings, client, namespace)
+    image = build_kwargs.pop("image", None) or _trainer_image(client, namespace)
     manifest = build_pytorchjob(
         job_id,
         nnodes=nnodes,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.artifacts import MODEL_FILES, fetch_dataset_images, fetch_dataset_poses
+from services.common.contracts import TaskName, TrainJobParams
 from services.common.keys import job_prefix, model_prefix, normalize_owner
 from services.common.storage import ObjectNotFound
 from services.common.tasks import JobCancelled, JobContext, JobInputError, job_task
@@ -45,25 +46,35 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def train_args(ctx: JobContext, data: Path, poses: Path | None, run: Path) -> list[str]:
-    """The ``gmpi_core.train.cli`` arguments of the job (the same for one process, torchrun or a node)."""
+def train_config(p: TrainJobParams, data: Path, poses: Path | None) -> dict[str, Any]:
+    """The job's changes to its preset's experiment config, ``{section: {field: value}}`` as ``gmpi train
+    --config-json`` applies them: the staged data, and the batch size, planes and seed it asks for."""
+    from gmpi_core.config import preset
+
+    train: dict[str, Any] = {}
+    if p.batch is not None:
+        train["batch_size"] = p.batch
+        if preset(p.preset).train.batch_split > p.batch:  # as `gmpi train --batch` does
+            train["batch_split"] = p.batch
+    if p.planes is not None:
+        train["n_planes"] = p.planes
+    if p.seed is not None:
+        train["seed"] = p.seed
+    dataset = {"images": str(data)} | ({"poses": str(poses)} if poses is not None else {})
+    return {"train": train, "dataset": dataset}
+
+
+def train_args(ctx: JobContext[TrainJobParams], data: Path, poses: Path | None, run: Path) -> list[str]:
+    """The ``gmpi_core.train.cli`` arguments of the job (the same for one process, torchrun or a node):
+    its experiment config changes in a file of the job's scratch folder (``--config-json``; each node of
+    a multi-node job writes its own, from the job record), and flags for what is no config field."""
     p = ctx.params
-    args = ["--preset", p["preset"], "--data", str(data), "--out", str(run), "--no-progress"]
-    args += [
-        "--steps",
-        str(p["steps"]),
-        "--ckpt-every",
-        str(p["ckpt_every"]),
-        "--log-every",
-        str(p["log_every"]),
-    ]
-    args += ["--sample-every", "0", "--workers", "0", "--device", p.get("device", "auto")]
-    if poses is not None:
-        args += ["--poses", str(poses)]
-    for flag in ("batch", "planes", "seed"):
-        if p.get(flag) is not None:
-            args += [f"--{flag}", str(p[flag])]
-    if p.get("skip_bad"):
+    config = ctx.work_dir / "train-config.json"
+    config.write_text(json.dumps(train_config(p, data, poses), indent=1) + "\n", encoding="utf-8")
+    args = ["--preset", p.preset, "--config-json", str(config), "--out", str(run), "--no-progress"]
+    args += ["--steps", str(p.steps), "--ckpt-every", str(p.ckpt_every), "--log-every", str(p.log_every)]
+    args += ["--sample-every", "0", "--workers", "0", "--device", p.device]
+    if p.skip_bad:
         args.append("--skip-bad")
     return args
 
@@ -108,7 +119,9 @@ def data_check_refusal(log_text: str) -> tuple[str, list[str]] | None:
     return "\n".join(keep).strip(), bad
 
 
-def train_command(ctx: JobContext, data: Path, poses: Path | None, run: Path, nproc: int) -> list[str]:
+def train_command(
+    ctx: JobContext[TrainJobParams], data: Path, poses: Path | None, run: Path, nproc: int
+) -> list[str]:
     args = train_args(ctx, data, poses, run)
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
@@ -116,28 +129,28 @@ def train_command(ctx: JobContext, data: Path, poses: Path | None, run: Path, np
     return [sys.executable, "-m", "gmpi_core.train.cli", *args]
 
 
-def stage_inputs(ctx: JobContext) -> tuple[Path, Path | None]:
+def stage_inputs(ctx: JobContext[TrainJobParams]) -> tuple[Path, Path | None]:
     """The job's dataset images (and poses unless ``use_poses`` is off) in the local cache."""
-    steps = int(ctx.params["steps"])
+    p = ctx.params
     step = int((ctx.jobs.get(ctx.job_id).get("progress") or {}).get("step") or 0)  # an earlier attempt's
-    ctx.progress(step, steps, f"downloading dataset '{ctx.params['dataset_id']}'", stage="setup")
-    data = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
-    poses = fetch_dataset_poses(ctx.storage, ctx.settings.cache_dir, ctx.params["dataset_id"])
-    return data, poses if ctx.params.get("use_poses", True) else None
+    ctx.progress(step, p.steps, f"downloading dataset '{p.dataset_id}'", stage="setup")
+    data = fetch_dataset_images(ctx.storage, ctx.settings.cache_dir, p.dataset_id)
+    poses = fetch_dataset_poses(ctx.storage, ctx.settings.cache_dir, p.dataset_id)
+    return data, poses if p.use_poses else None
 
 
-def restore_run(ctx: JobContext, run: Path) -> int:
+def restore_run(ctx: JobContext[TrainJobParams], run: Path) -> int:
     """Rebuild ``run`` from the store: the last uploaded checkpoint and log; → its step (0: fresh)."""
     shutil.rmtree(run, ignore_errors=True)
     (run / "checkpoints").mkdir(parents=True)
-    state = model_prefix(ctx.params["model_id"]) + "train-state/"
+    state = model_prefix(ctx.params.model_id) + "train-state/"
     try:
         name = ctx.storage.get_bytes(state + "latest").decode().strip()
     except ObjectNotFound:
         return 0
     step = checkpoint_step(name)
     ctx.progress(
-        step, int(ctx.params["steps"]), f"restoring the run from its checkpoint at step {step}", stage="setup"
+        step, ctx.params.steps, f"restoring the run from its checkpoint at step {step}", stage="setup"
     )
     ctx.storage.get_file(state + name, run / "checkpoints" / name)
     (run / "checkpoints" / "latest").write_text(name + "\n")
@@ -165,9 +178,9 @@ class _Uploader:
     restored the log but does not hold rank 0 never overwrites the one that does).
     """
 
-    def __init__(self, ctx: JobContext, run: Path) -> None:
+    def __init__(self, ctx: JobContext[TrainJobParams], run: Path) -> None:
         self.ctx, self.run = ctx, run
-        self.state = model_prefix(ctx.params["model_id"]) + "train-state/"
+        self.state = model_prefix(ctx.params.model_id) + "train-state/"
         self.uploaded_ckpt = ""
         self.log_pos = 0  # bytes of log.jsonl already read into progress
         self.log_uploaded = 0  # bytes of complete lines already in the store
@@ -233,7 +246,7 @@ class _Uploader:
                 continue
         if complete and self.last:
             losses = {k: v for k, v in self.last.items() if k not in ("step", "kimg")}
-            step, steps = int(self.last["step"]), int(self.ctx.params["steps"])
+            step, steps = int(self.last["step"]), self.ctx.params.steps
             self.ctx.progress(step, steps, f"step {step}/{steps}", stage="steps", kimg=self.last.get("kimg"))
             self.ctx.jobs.merge_metrics(self.ctx.job_id, losses)
         grown = self.log_pos > self.log_uploaded
@@ -266,23 +279,24 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def _job_owner(ctx: JobContext) -> str | None:
+def _job_owner(ctx: JobContext[Any]) -> str | None:
     """The owner id of the key that submitted the job (None: a job without one; the model is shared)."""
     return normalize_owner(ctx.jobs.get(ctx.job_id).get("owner"))
 
 
-def _publish_model(ctx: JobContext, run: Path) -> list[str]:
-    prefix = model_prefix(ctx.params["model_id"])
+def _publish_model(ctx: JobContext[TrainJobParams], run: Path) -> list[str]:
+    p = ctx.params
+    prefix = model_prefix(p.model_id)
     files = {}
     for rel in MODEL_FILES:
         if (run / "model" / rel).is_file():
             files[rel] = ctx.storage.put_file(prefix + rel, run / "model" / rel)
     extra = {
-        "model_id": ctx.params["model_id"],
+        "model_id": p.model_id,
         "job_id": ctx.job_id,
-        "preset": ctx.params["preset"],
-        "dataset_id": ctx.params.get("dataset_id"),
-        "steps": ctx.params["steps"],
+        "preset": p.preset,
+        "dataset_id": p.dataset_id,
+        "steps": p.steps,
         "source": "train",
         # the model belongs to the key that submitted the job (SECURITY.md, "API keys and ownership")
         "owner": _job_owner(ctx),
@@ -291,19 +305,24 @@ def _publish_model(ctx: JobContext, run: Path) -> list[str]:
     return [prefix + rel for rel in files]
 
 
-def _k8s_train(ctx: JobContext, nproc: int) -> dict[str, Any]:
+def _k8s_train(ctx: JobContext[TrainJobParams], nproc: int) -> dict[str, Any]:
     """Run the job as a PyTorchJob: each node's pod runs :mod:`services.trainer.node` (stage the dataset,
     restore the last uploaded checkpoint, torchrun, upload checkpoints and the model); this task waits,
     deletes the PyTorchJob when the job is cancelled, and checks that the model was published."""
     from services.trainer import pytorchjob
 
-    gpus = int(ctx.params["gpus"])
-    nnodes = -(-gpus // nproc)
+    p = ctx.params
+    nnodes = -(-(p.gpus or 1) // nproc)
     name = pytorchjob.submit_pytorchjob(
-        ctx.job_id, nnodes=nnodes, nproc_per_node=nproc, train_args=[], settings=ctx.settings
+        ctx.job_id,
+        nnodes=nnodes,
+        nproc_per_node=nproc,
+        train_args=[],  # each node agent adds the job's own (train_args) from the job record
+        settings=ctx.settings,
+        image=ctx.settings.trainer_image or None,  # None: $GMPI_TRAINER_IMAGE, else the trainer pod's own
     )
     ctx.jobs.merge_info(ctx.job_id, {"pytorchjob": name, "nnodes": nnodes, "nproc": nproc})
-    steps = int(ctx.params["steps"])
+    steps = p.steps
 
     def on_state(state: str, _: dict[str, Any]) -> None:
         if state != "running":  # while running, the pods report the training steps themselves
@@ -318,25 +337,25 @@ def _k8s_train(ctx: JobContext, nproc: int) -> dict[str, Any]:
         )
     except pytorchjob.PyTorchJobCancelled as e:
         raise JobCancelled(ctx.job_id) from e
-    if ctx.storage.manifest(model_prefix(ctx.params["model_id"])) is None:
+    if ctx.storage.manifest(model_prefix(p.model_id)) is None:
         raise RuntimeError(
-            f"PyTorchJob {name} succeeded but no node published model {ctx.params['model_id']}: "
+            f"PyTorchJob {name} succeeded but no node published model {p.model_id}: "
             f"see the pods' logs (kubectl -n {ctx.settings.k8s_namespace} logs -l gmpi.io/job-id)"
         )
     info = ctx.jobs.get(ctx.job_id)["info"]  # the publishing node recorded the artifacts
     return {
-        "model_id": ctx.params["model_id"],
+        "model_id": p.model_id,
         "steps": steps,
         "resumed_from_step": info.get("resumed_from_step", 0),
         "pytorchjob": name,
     }
 
 
-def supervise(ctx: JobContext, cmd: list[str], run: Path, up: _Uploader) -> None:
+def supervise(ctx: JobContext[TrainJobParams], cmd: list[str], run: Path, up: _Uploader) -> None:
     """Run ``cmd`` (the trainer) in its own process group, mirroring ``run`` into the store while it
     runs; cancelled jobs kill the group. Raises on a non-zero exit with the log's tail."""
     log.info("job %s: %s", ctx.job_id, " ".join(cmd))
-    steps = int(ctx.params["steps"])
+    steps = ctx.params.steps
     at = int(up.last.get("step", 0))
     what = "building the model" + (f" and loading its checkpoint at step {at}" if at else "")
     ctx.progress(at, steps, f"{what} (the trainer starts)", stage="setup")
@@ -368,7 +387,7 @@ def supervise(ctx: JobContext, cmd: list[str], run: Path, up: _Uploader) -> None
             report, bad = refusal
             hint = 'replace or remove them, or train without them: submit the job with "skip_bad": true'
             report = re.sub(r"replace or remove them, or train without them: --skip-bad.*", hint, report)
-            message = f"dataset '{ctx.params['dataset_id']}' failed the data check: {report}"
+            message = f"dataset '{ctx.params.dataset_id}' failed the data check: {report}"
             raise BadTrainingData(message[:8000], bad)
         tail = text[-1500:]
         raise RuntimeError(f"gmpi train exited with status {proc.returncode}:\n{tail}")
@@ -376,21 +395,21 @@ def supervise(ctx: JobContext, cmd: list[str], run: Path, up: _Uploader) -> None
     up.log(force=True)
 
 
-def finish(ctx: JobContext, run: Path, up: _Uploader, start_step: int) -> dict[str, Any]:
+def finish(ctx: JobContext[TrainJobParams], run: Path, up: _Uploader, start_step: int) -> dict[str, Any]:
     """Publish the model of a finished run (committed last) and record the job's artifacts."""
-    steps = int(ctx.params["steps"])
-    ctx.progress(steps, steps, f"publishing model '{ctx.params['model_id']}'", stage="publish")
+    steps = ctx.params.steps
+    ctx.progress(steps, steps, f"publishing model '{ctx.params.model_id}'", stage="publish")
     keys = _publish_model(ctx, run)
     keys += [job_prefix(ctx.job_id) + "log.jsonl", up.state + "latest"]
     ctx.jobs.add_artifacts(ctx.job_id, keys)
     return {
-        "model_id": ctx.params["model_id"],
+        "model_id": ctx.params.model_id,
         "steps": int(up.last.get("step", 0)),
         "resumed_from_step": start_step,
     }
 
 
-def prepare_run(ctx: JobContext) -> tuple[Path, int, _Uploader]:
+def prepare_run(ctx: JobContext[TrainJobParams]) -> tuple[Path, int, _Uploader]:
     """The local run folder rebuilt from the store, its step, and the uploader that mirrors it."""
     run = ctx.work_dir / "run"
     start_step = restore_run(ctx, run)
@@ -399,12 +418,12 @@ def prepare_run(ctx: JobContext) -> tuple[Path, int, _Uploader]:
     return run, start_step, up
 
 
-@job_task("gmpi.train.run")
-def train(ctx: JobContext) -> dict[str, Any]:
+@job_task(TaskName.TRAIN)
+def train(ctx: JobContext[TrainJobParams]) -> dict[str, Any]:
     """Train (or resume) the job's model; the job record follows the run's log.jsonl."""
     nproc = ctx.settings.resolved_train_nproc()
-    gpus = ctx.params.get("gpus")
-    if gpus and int(gpus) > nproc and ctx.settings.k8s_enabled:
+    gpus = ctx.params.gpus
+    if gpus and gpus > nproc and ctx.settings.k8s_enabled:
         return _k8s_train(ctx, nproc)
     data, poses = stage_inputs(ctx)
     run, start_step, up = prepare_run(ctx)

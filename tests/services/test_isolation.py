@@ -176,7 +176,8 @@ def test_trained_models_belong_to_the_key_that_submitted_the_job(
 
     job = _train(client, _trainable(client, settings, KEY), KEY)
     jobs = JobStore.from_url(settings.redis_url)
-    ctx = JobContext(job["id"], job["params"] | {"preset": "FFHQ256"}, jobs, _storage(settings), settings)
+    params = job["params"] | {"preset": "FFHQ256"}
+    ctx = JobContext(job["id"], params, jobs, _storage(settings), settings, job_type="train")
     run = Path(settings.cache_dir) / "run"
     (run / "model").mkdir(parents=True)
     for rel in MODEL_FILES:
@@ -297,3 +298,23 @@ def test_imported_models_belong_to_the_importing_key(
     assert client.get(f"/v1/models/{model_id}", headers=ADMIN).status_code == 200
     assert client.get(f"/v1/models/{model_id}", headers=OTHER).status_code == 404
     assert model_id not in {m["id"] for m in client.get("/v1/models", headers=OTHER).json()["items"]}
+
+
+def test_an_idempotency_key_survives_two_migrations_running_at_once(settings: Settings) -> None:
+    """Two gateways starting together both migrate: when one has already rewritten the job's owner to its
+    hash, the other must still recognise the old idempotency key as that key's (not delete it)."""
+    import redis
+
+    from services.common.jobs import JobStore
+    from services.common.keys import owner_id
+
+    r = redis.Redis.from_url(settings.redis_url)
+    r.flushdb()
+    jobs = JobStore(r)
+    jobs.create("train", {"steps": 5}, job_id="job-raced")
+    r.hset("gmpi:job:job-raced", "owner", json.dumps(owner_id("key:with:colons")))  # migrated by the other
+    r.set("gmpi:idem:key:with:colons:retry:1", json.dumps({"job_id": "job-raced"}), ex=3600)
+    assert jobs.migrate_owners() == 1
+    moved = f"gmpi:idem:{owner_id('key:with:colons')}:retry:1"
+    assert json.loads(r.get(moved) or b"{}")["job_id"] == "job-raced"
+    assert r.get("gmpi:idem:key:with:colons:retry:1") is None

@@ -166,7 +166,7 @@ def _k8s_ctx(settings: Settings, monkeypatch: pytest.MonkeyPatch, cluster: _Fake
     params = {"dataset_id": "d", "model_id": "model-k8s", "preset": "synthetic32", "steps": 3, "gpus": 16}
     rec, _ = jobs.create("train", params)
     jobs.transition(rec["id"], "running")
-    return JobContext(rec["id"], params, jobs, get_storage(settings), settings)
+    return JobContext(rec["id"], params, jobs, get_storage(settings), settings, job_type="train")
 
 
 def test_k8s_training_without_a_published_model_is_an_error(settings: Settings, monkeypatch) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from gmpi_core.data.synthetic import synthesize_dataset
 from gmpi_core.preprocess import pose68
+from services.common.contracts import PreprocessParams
 
 RES = 128
 
@@ -73,7 +74,7 @@ def run_chunk(dataset: Path, tmp_path: Path, monkeypatch, pose: dict[str, str]) 
 
     ctx = SimpleNamespace(
         job_id="job1",
-        params={"dataset_id": "ds1", "resolution": RES, "pose": pose},
+        params=PreprocessParams.model_validate({"dataset_id": "ds1", "resolution": RES, "pose": pose}),
         storage=storage,
         settings=SimpleNamespace(cache_dir=str(tmp_path / "cache")),
         work_dir=str(tmp_path),

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from services.common.contracts import VideoParams
 from services.common.settings import Settings
 from services.common.storage import DirStorage, get_storage
 
@@ -23,7 +24,7 @@ MIB = 1024 * 1024
 def _ctx(tmp_path: Path, storage: Any, **params: Any) -> Any:
     added: list[str] = []
     return SimpleNamespace(
-        params=params,
+        params=VideoParams(**params),
         progress=lambda *a, **k: None,
         work_dir=tmp_path / "work",
         storage=storage,

@@ -90,7 +90,7 @@ def test_skip_bad_passes_the_flag_and_the_default_does_not(jobs: JobStore, tmp_p
     settings = get_settings()
 
     def args(params: dict[str, object]) -> list[str]:
-        ctx = JobContext("j", params, jobs, get_storage(settings), settings)
+        ctx = JobContext("j", params, jobs, get_storage(settings), settings, job_type="train")
         return train_args(ctx, tmp_path / "images.zip", None, tmp_path / "run")
 
     assert "--skip-bad" in args(_params(skip_bad=True))

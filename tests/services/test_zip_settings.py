@@ -215,7 +215,7 @@ def _consumers() -> dict[str, Any]:
         "landmarks_chunk": lambda ctx: landmarks._chunk(ctx, 0, ["00000/img00000000.png"]),
         "pose_resolution": pose._resolution,
         "train": trainer.stage_inputs,
-        "evaluate": lambda ctx: evaluator.stage_dataset(ctx, ctx.params["dataset_id"]),
+        "evaluate": lambda ctx: evaluator.stage_dataset(ctx, ctx.params.dataset_id),
     }
 
 
@@ -233,7 +233,11 @@ def test_every_consumer_refuses_a_bomb_uploaded_by_a_presigned_put(settings: Set
     storage.ensure_ready()
     storage.put_bytes("datasets/ds-bomb/images.zip", _bomb_zip())
     jobs = JobStore.from_url(settings.redis_url)
-    rec, _ = jobs.create("preprocess", {"dataset_id": "ds-bomb", "steps": 10})
+    job_type, params = {  # a record of the job type whose task the consumer belongs to
+        "train": ("train", {"dataset_id": "ds-bomb", "model_id": "model-bomb", "steps": 10}),
+        "evaluate": ("evaluate", {"dataset_id": "ds-bomb", "model_id": "model-bomb"}),
+    }.get(consumer, ("preprocess", {"dataset_id": "ds-bomb"}))
+    rec, _ = jobs.create(job_type, params)
     fn = _consumers()[consumer]
 
     def body(ctx: Any) -> None:

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, status
 
-from services.common.jobs import TERMINAL, IdempotencyConflict, request_sha256
+from services.common.contracts import (
+    ENTRY_TASK,
+    TERMINAL,
+    JobState,
+    JobStateName,
+    JobType,
+    JobTypeName,
+    job_params,
+)
+from services.common.jobs import IdempotencyConflict, request_sha256
 from services.common.keys import dataset_prefix
 from services.common.storage import Storage
 from services.gateway.access import job_record, readable_dataset, readable_model
 from services.gateway.deps import ApiKey, Caller, CeleryDep, JobLimited, JobsDep, SettingsDep, StorageDep
 from services.gateway.errors import ERROR_RESPONSES, ApiError
 from services.gateway.routes.common import job_view
-from services.gateway.schemas import Job, JobList, JobSubmit
+from services.gateway.schemas import EvalJob, Job, JobList, JobSubmit, PreprocessJob, TrainJob
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
-
-ENTRY_TASK = {
-    "preprocess": "gmpi.landmarks.start",
-    "train": "gmpi.train.run",
-    "evaluate": "gmpi.eval.run",
-    "render_video": "gmpi.render.video",
-    "extract_mesh": "gmpi.render.mesh",
-}
 
 
 def _require_dataset(
@@ -109,22 +110,23 @@ def submit_job(
     canonical JSON, so key order, spacing and spelled-out defaults do not matter) is refused with 409
     ``idempotency_key_reused``. Datasets and models in the parameters must be ones the caller may read
     (a preprocess job: a dataset it owns); GMPI_JOB_RATE_LIMIT submissions a minute per key."""
-    params: dict[str, Any] = body.params.model_dump(mode="json")
-    body_sha256 = request_sha256({"type": body.type, "params": params})
-    if body.type == "preprocess":
-        _require_dataset(storage, caller, params["dataset_id"], write=True)
+    body_sha256 = request_sha256({"type": body.type, "params": body.params.model_dump(mode="json")})
+    added: dict[str, Any] = {}  # what the job record stores beside the request's params
+    if isinstance(body, PreprocessJob):
+        dataset_id = body.params.dataset_id
+        _require_dataset(storage, caller, dataset_id, write=True)
         if not (
-            storage.exists(dataset_prefix(params["dataset_id"]) + "images.zip")
-            or storage.list(dataset_prefix(params["dataset_id"]) + "images/")
+            storage.exists(dataset_prefix(dataset_id) + "images.zip")
+            or storage.list(dataset_prefix(dataset_id) + "images/")
         ):
             raise ApiError(
                 422,
                 "no_images",
-                f"dataset '{params['dataset_id']}' has no images yet; upload them first",
+                f"dataset '{dataset_id}' has no images yet; upload them first",
                 {"field": "params.dataset_id"},
             )
-    elif body.type == "train":
-        gpus = params.get("gpus")
+    elif isinstance(body, TrainJob):
+        gpus = body.params.gpus
         if gpus is not None and gpus > settings.max_gpus_per_job:
             raise ApiError(
                 422,
@@ -133,16 +135,15 @@ def submit_job(
                 f"{settings.max_gpus_per_job} (GMPI_MAX_GPUS_PER_JOB)",
                 {"field": "params.gpus", "max": settings.max_gpus_per_job},
             )
-        _require_dataset(storage, caller, params["dataset_id"])
-        _require_training_data(storage, params["dataset_id"], params["use_poses"])
-        params["model_id"] = f"model-{uuid.uuid4().hex[:20]}"
-    elif body.type == "evaluate":
-        _require_model(storage, caller, params["model_id"])
-        _require_dataset(storage, caller, params.get("dataset_id"))
-        params["options"] = body.params.options()  # type: ignore[union-attr]
-        params["options"]["metrics"] = list(params["options"]["metrics"])
+        _require_dataset(storage, caller, body.params.dataset_id)
+        _require_training_data(storage, body.params.dataset_id, body.params.use_poses)
+        added["model_id"] = f"model-{uuid.uuid4().hex[:20]}"
+    elif isinstance(body, EvalJob):
+        _require_model(storage, caller, body.params.model_id)
+        _require_dataset(storage, caller, body.params.dataset_id)
     else:
-        _require_model(storage, caller, params["model_id"])
+        _require_model(storage, caller, body.params.model_id)
+    params = job_params(body.type, body.params, **added).model_dump(mode="json")
     try:
         rec, created = jobs.create(
             body.type, params, idempotency_key=idempotency_key, request_sha256=body_sha256, owner=caller.id
@@ -155,7 +156,7 @@ def submit_job(
             {"field": "Idempotency-Key", "idempotency_key": e.key, "job_id": e.job_id},
         ) from e
     if created:
-        celery.send_task(ENTRY_TASK[body.type], kwargs={"job_id": rec["id"]})
+        celery.send_task(ENTRY_TASK[JobType(body.type)].value, kwargs={"job_id": rec["id"]})
     return job_view(rec, storage)
 
 
@@ -163,10 +164,8 @@ def submit_job(
 def list_jobs(
     caller: ApiKey,
     jobs: JobsDep,
-    type: Annotated[
-        Literal["preprocess", "train", "evaluate", "render_video", "extract_mesh"] | None, Query()
-    ] = None,
-    state: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
+    type: Annotated[JobTypeName | None, Query()] = None,
+    state: Annotated[JobStateName | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> JobList:
@@ -191,7 +190,9 @@ def cancel_job(job_id: str, caller: ApiKey, jobs: JobsDep, storage: StorageDep) 
     if rec["state"] in TERMINAL:
         raise ApiError(409, "job_finished", f"job '{job_id}' already {rec['state']}; nothing to cancel")
     jobs.transition(
-        job_id, "cancelled", error={"code": "cancelled", "message": "cancelled by request", "details": None}
+        job_id,
+        JobState.CANCELLED,
+        error={"code": "cancelled", "message": "cancelled by request", "details": None},
     )
     return job_view(jobs.get(job_id), storage)
 

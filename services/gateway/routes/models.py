@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import Histogram
 
 from services.common import checkpoint_zip, zips
+from services.common.contracts import TaskName
 from services.common.keys import MANIFEST, model_prefix
 from services.common.redact import public_message
 from services.common.storage import Storage
@@ -94,7 +95,10 @@ async def render(
     await blocking(_manifest, storage, model_id, caller)
     t0 = time.perf_counter()
     out = await _wait(
-        celery, "gmpi.render.view", {"model_id": model_id, **body.model_dump()}, settings.render_timeout_s
+        celery,
+        TaskName.RENDER_VIEW.value,
+        {"model_id": model_id, **body.model_dump()},
+        settings.render_timeout_s,
     )
     RENDER_SECONDS.labels(body.kind).observe(time.perf_counter() - t0)
     if isinstance(out, dict) and "error" in out:  # a view the MPI cannot show (e.g. |yaw| near π/2)
@@ -123,7 +127,7 @@ async def mpi(
     psi = quantize_psi(psi)  # ψ to 0.01: the export's store key and the renderer's cache key
     prefix = await _wait(
         celery,
-        "gmpi.render.mpi",
+        TaskName.EXPORT_MPI.value,
         {"model_id": model_id, "seed": seed, "psi": psi, "planes": planes, "fmt": format},
         settings.render_timeout_s * 4,
     )
@@ -204,7 +208,7 @@ async def import_model(
             keys = await blocking(_import_keys, kind, path, prefix + "source/", storage)
             out = await _wait(
                 celery,
-                "gmpi.render.import_model",
+                TaskName.IMPORT_MODEL.value,
                 {"model_id": model_id, "kind": kind, "preset_name": preset, "keys": keys, "owner": caller.id},
                 settings.import_timeout_s,
                 code="import_timeout",
