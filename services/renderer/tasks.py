@@ -39,6 +39,7 @@ def _caches() -> tuple[LRU[Any], LRU[Any]]:
 
 def load_model(model_id: str) -> tuple[Any, str]:
     """(GMPI pipeline, version) from the cache; the version is the model's commit time."""
+    from gmpi_core.checkpoints.sources import ModelSource
     from gmpi_core.pipeline import GMPI
 
     storage, settings = get_storage(), get_settings()
@@ -49,7 +50,7 @@ def load_model(model_id: str) -> tuple[Any, str]:
         import torch
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        return GMPI.from_pretrained(fetch_model(storage, settings.cache_dir, model_id))
+        return GMPI.load(ModelSource("native", fetch_model(storage, settings.cache_dir, model_id)))
 
     return models.get((model_id, version), load), version
 
@@ -314,20 +315,6 @@ def extract_mesh(ctx: JobContext[MeshParams]) -> dict[str, Any]:
     return {"mesh": key}
 
 
-def _experiment_for(generator: Any, preset_name: str) -> Any:
-    """The preset's camera, training and eval settings around the imported generator's own architecture
-    (its resolution and widths win: a checkpoint is what it is; the discriminator and dataset follow)."""
-    from gmpi_core.config import preset
-
-    cfg = preset(preset_name)
-    fields = type(cfg.generator).model_fields
-    arch = {k: v for k, v in (getattr(generator, "config", None) or {}).items() if k in fields}
-    res = arch.get("img_resolution", cfg.generator.img_resolution)
-    return cfg.with_updates(
-        generator=arch, discriminator={"img_resolution": res}, dataset={"resolution": res}
-    )
-
-
 def _import_error(exc: Exception, model_id: str, scratch: str) -> dict[str, Any]:
     """What the client learns of a failed import: a code and a message, never this worker's paths or a
     traceback (those go to the log). The safe readers' and the zip checks' errors describe the file the
@@ -364,6 +351,7 @@ def import_model(
     """Convert an uploaded official checkpoint (``stylegan2_pkl``: one ``.pkl``; ``gmpi_pth``: config.pth,
     ema.pth [, generator.pth]) with the safe readers into a native model; → {ok, ...} or {error}.
     ``owner``: the importing key's owner id, recorded in the manifest (only it and admins see the model)."""
+    from gmpi_core.checkpoints.sources import ModelSource
     from gmpi_core.pipeline import GMPI
 
     storage = get_storage()
@@ -381,18 +369,14 @@ def import_model(
                 else:
                     storage.get_file(k, src / name)
             if kind == "stylegan2_pkl":
-                from gmpi_core.checkpoints import init_gmpi_from_stylegan2
-
                 (pkl,) = list(src.iterdir())
-                G, _ = init_gmpi_from_stylegan2(pkl)
-                cfg = _experiment_for(G, preset_name or "FFHQ256")
+                source = ModelSource("stylegan2_pkl", pkl)
             else:
-                from gmpi_core.checkpoints import load_official_gmpi
-                from gmpi_core.config import preset
-
-                G, info = load_official_gmpi(src)
-                cfg = _experiment_for(G, preset_name or info.dataset) if preset_name else preset(info.dataset)
-            out = GMPI(G.eval().requires_grad_(False), cfg).save_pretrained(Path(tmp) / "model")
+                source = ModelSource("official", src)
+            # the preset's camera/training/eval settings around the checkpoint's own architecture
+            gmpi = GMPI.load(source, preset=preset_name, keep_architecture=True)
+            cfg = gmpi.config
+            out = gmpi.save_pretrained(Path(tmp) / "model")
             files = {
                 p.name: storage.put_file(prefix + p.name, p)
                 for p in sorted(Path(out).iterdir())

@@ -167,13 +167,13 @@ def test_the_import_task_tells_no_worker_paths(settings: Settings, kind: str, tm
 def test_an_unexpected_import_failure_is_logged_not_told(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import gmpi_core.checkpoints
+    from gmpi_core.pipeline import GMPI
     from services.renderer import tasks
 
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("internal state at /srv/gmpi/secret/module.py line 12")
 
-    monkeypatch.setattr(gmpi_core.checkpoints, "load_official_gmpi", broken)
+    monkeypatch.setattr(GMPI, "load", broken)  # the import's one way to open the checkpoint
     storage = get_storage(settings)
     storage.ensure_ready()
     keys = [storage.put_bytes(f"models/m-bug/source/{n}", b"x").key for n in ("config.pth", "ema.pth")]
