@@ -1,7 +1,7 @@
-"""Cameras: intrinsics, poses on a sphere, pose sampling and the conversions of real-image poses (spec §1).
+"""Cameras: intrinsics, poses on a sphere, pose sampling and the conversions of real-image poses (method §1).
 
-Conventions (spec §1.1): world = camera axes, +X right, +Y down, +Z forward. Cameras orbit the sphere
-centre S = (0, 0, c) at radius r looking at S with zero roll; with c = r the canonical pose
+Conventions (docs/method.md §1.1): world = camera axes, +X right, +Y down, +Z forward. Cameras orbit the
+sphere centre S = (0, 0, c) at radius r looking at S with zero roll; with c = r the canonical pose
 (yaw = pitch = 0) is the identity c2w. All functions are pure, batched over a leading dimension and keep
 the dtype/device of their tensor inputs (float32 when they create tensors from Python numbers).
 
@@ -38,7 +38,7 @@ __all__ = [
     "w2c_to_deep3dface",
 ]
 
-# Deep3DFaceRecon's camera sits 10 units in front of the face (``camera_d=10``, spec §1.2, §1.6).
+# Deep3DFaceRecon's camera sits 10 units in front of the face (``camera_d=10``, docs/method.md §1.2, §1.6).
 DEEP3DFACE_CAMERA_DISTANCE = 10.0
 
 
@@ -47,18 +47,18 @@ def _float_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-# -- intrinsics and rays (spec §1.2, §3.1) ---------------------------------------------------------------
+# -- intrinsics and rays (method §1.2, §3.1) ---------------------------------------------------------------
 
 
 def focal_from_fov(fov_deg: float, width: int) -> float:
-    """Focal length in pixels from the horizontal field of view: f = W / (2 tan(fov/2)) (spec §1.2)."""
+    """Focal length in pixels from the horizontal field of view: f = W / (2 tan(fov/2)) (method §1.2)."""
     if not 0.0 < fov_deg < 180.0:
         raise ValueError(f"fov_deg must lie in (0, 180) degrees, got {fov_deg}")
     return width / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
 
 
 def intrinsics(fov_deg: float, width: int, height: int) -> Tensor:
-    """K [3, 3]: square pixels, principal point (W/2, H/2) in pixel-edge coordinates (spec §1.2)."""
+    """K [3, 3]: square pixels, principal point (W/2, H/2) in pixel-edge coordinates (docs/method.md §1.2)."""
     f = focal_from_fov(fov_deg, width)
     return torch.tensor([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float32)
 
@@ -66,7 +66,7 @@ def intrinsics(fov_deg: float, width: int, height: int) -> Tensor:
 def pixel_ray_directions(
     fov_deg: float, height: int, width: int, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """Unit camera-frame directions [H, W, 3] through pixel centres (u + 0.5, v + 0.5) (spec §3.1)."""
+    """Unit camera-frame directions [H, W, 3] through pixel centres (u + 0.5, v + 0.5) (method §3.1)."""
     f = focal_from_fov(fov_deg, width)
     x = (torch.arange(width, dtype=torch.float64) + 0.5 - width / 2.0) / f
     y = (torch.arange(height, dtype=torch.float64) + 0.5 - height / 2.0) / f
@@ -76,11 +76,11 @@ def pixel_ray_directions(
     return torch.nn.functional.normalize(dirs, dim=-1).to(dtype)
 
 
-# -- poses on the sphere (spec §1.3) ---------------------------------------------------------------------
+# -- poses on the sphere (method §1.3) ---------------------------------------------------------------------
 
 
 def sphere_c2w(yaw: Tensor, pitch: Tensor, radius: float, center_z: float) -> Tensor:
-    """Camera-to-world [B, 4, 4] of cameras on the sphere looking at (0, 0, c) with zero roll (spec §1.3).
+    """Camera-to-world [B, 4, 4] of cameras on the sphere looking at (0, 0, c) with zero roll (method §1.3).
 
     yaw, pitch: [B] radians. Positive yaw moves the camera to +X (right), positive pitch moves it up (−Y).
     """
@@ -108,17 +108,17 @@ def camera_c2w(camera: CameraConfig, yaw: Tensor, pitch: Tensor) -> Tensor:
 
 
 def w2c_condition(c2w: Tensor) -> Tensor:
-    """The discriminator's pose condition [B, 16]: row-major flattening of w2c = c2w⁻¹ (spec §1.5)."""
+    """The discriminator's pose condition [B, 16]: row-major flattening of w2c = c2w⁻¹ (method §1.5)."""
     return torch.linalg.inv(c2w).reshape(c2w.shape[0], 16)
 
 
-# -- pose sampling (spec §1.4) ---------------------------------------------------------------------------
+# -- pose sampling (method §1.4) ---------------------------------------------------------------------------
 
 
 def sample_truncated_normal(
     mean: float, std: float, k: float, n: int, generator: torch.Generator | None = None
 ) -> Tensor:
-    """n samples [n] of N(mean, std²) truncated to mean ± k·std, on the CPU generator (spec §1.4).
+    """n samples [n] of N(mean, std²) truncated to mean ± k·std, on the CPU generator (docs/method.md §1.4).
 
     Four standard-normal candidates are drawn per sample and the first one strictly inside (−k, k) is
     kept; when none is, the first candidate is clamped to the bound. ``std == 0`` returns ``mean`` exactly.
@@ -141,17 +141,17 @@ def sample_sphere_poses(
     pitch_mean: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(yaw [n], pitch [n]) on the CPU from independent truncated Gaussians, yaw drawn first (spec §1.4)."""
+    """(yaw [n], pitch [n]) on the CPU from independent truncated Gaussians, yaw drawn first (method §1.4)."""
     yaw = sample_truncated_normal(yaw_mean, yaw_std, k, n, generator=generator)
     pitch = sample_truncated_normal(pitch_mean, pitch_std, k, n, generator=generator)
     return yaw, pitch
 
 
-# -- real-image poses (spec §1.6) ------------------------------------------------------------------------
+# -- real-image poses (method §1.6) ------------------------------------------------------------------------
 
 
 def _flip_yz(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """F = diag(1, −1, −1, 1): +Y down/+Z forward ↔ +Y up/+Z backward (spec §1.6)."""
+    """F = diag(1, −1, −1, 1): +Y down/+Z forward ↔ +Y up/+Z backward (docs/method.md §1.6)."""
     return torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=dtype, device=device))
 
 
@@ -169,7 +169,7 @@ def _z_translation(z: float, batch: int, dtype: torch.dtype, device: torch.devic
 
 
 def euler_zyx(angle: Tensor) -> Tensor:
-    """R [B, 3, 3] = R_z(a₂) R_y(a₁) R_x(a₀), right-handed elementary rotations (Deep3DFace, spec §1.6)."""
+    """R [B, 3, 3] = R_z(a₂) R_y(a₁) R_x(a₀), right-handed elementary rotations (Deep3DFace, method §1.6)."""
     a, b, g = angle.unbind(-1)
     one, zero = torch.ones_like(a), torch.zeros_like(a)
     rx = torch.stack([one, zero, zero, zero, a.cos(), -a.sin(), zero, a.sin(), a.cos()], -1).view(-1, 3, 3)
@@ -179,7 +179,7 @@ def euler_zyx(angle: Tensor) -> Tensor:
 
 
 def _project_centre_to_sphere(w2c_raw: Tensor, radius: float, center_z: float) -> Tensor:
-    """Move the camera centre radially onto the sphere |C − S| = r, keeping the rotation (spec §1.6)."""
+    """Move the camera centre radially onto the sphere |C − S| = r, keeping the rotation (method §1.6)."""
     rot, tau = w2c_raw[:, :3, :3], w2c_raw[:, :3, 3]
     centre = -(rot.transpose(1, 2) @ tau[..., None])[..., 0]  # C = −R⁻¹τ (R is a rotation)
     sphere_centre = torch.tensor([0.0, 0.0, center_z], dtype=w2c_raw.dtype, device=w2c_raw.device)
@@ -190,7 +190,7 @@ def _project_centre_to_sphere(w2c_raw: Tensor, radius: float, center_z: float) -
 
 
 def deep3dface_to_w2c(angle: Tensor, trans: Tensor, radius: float, center_z: float) -> Tensor:
-    """GMPI w2c [B, 4, 4] of a Deep3DFaceRecon pose: angle [B, 3] (radians), trans [B, 3] (spec §1.6).
+    """GMPI w2c [B, 4, 4] of a Deep3DFaceRecon pose: angle [B, 3] (radians), trans [B, 3] (method §1.6).
 
     W2C_raw = F T(−10 ẑ) [R(angle) | trans] F T(−c ẑ), then the camera centre is moved radially onto the
     radius-r sphere around (0, 0, c). angle = trans = 0 gives the identity (with c = r).
@@ -215,12 +215,12 @@ def deep3dface_to_w2c(angle: Tensor, trans: Tensor, radius: float, center_z: flo
 def w2c_to_deep3dface(w2c: Tensor, center_z: float) -> tuple[Tensor, Tensor]:
     """(angle [B, 3], trans [B, 3]) of Deep3DFaceRecon that ``deep3dface_to_w2c`` maps back to w2c [B, 4, 4].
 
-    Inverts spec §1.6 for cameras looking from anywhere: the rotation gives R = F R_w F and its z-y-x Euler
-    angles. The renormalisation onto GMPI's sphere forgets the raw camera distance, so it is a free choice;
-    we pick the one of Deep3DFace itself: the face centre is ``DEEP3DFACE_CAMERA_DISTANCE`` = 10 units from
-    its camera (angle = trans = 0 is the canonical pose, and trans stays small for faces near the canonical
-    framing, as in real Deep3DFace fits). Only the direction from S to the camera centre of ``w2c`` is used,
-    so the result is exact for cameras on the sphere (the radius is re-imposed on the way back).
+    Inverts docs/method.md §1.6 for cameras looking from anywhere: the rotation gives R = F R_w F and its
+    z-y-x Euler angles. The renormalisation onto GMPI's sphere forgets the raw camera distance, so it is a
+    free choice; we pick the one of Deep3DFace itself: the face centre is ``DEEP3DFACE_CAMERA_DISTANCE`` = 10
+    units from its camera (angle = trans = 0 is the canonical pose, and trans stays small for faces near the
+    canonical framing, as in real Deep3DFace fits). Only the direction from S to the camera centre of ``w2c``
+    is used, so the result is exact for cameras on the sphere (the radius is re-imposed on the way back).
     """
     dtype = _float_dtype(w2c)
     w2c = w2c.to(dtype)
@@ -244,7 +244,7 @@ def w2c_to_deep3dface(w2c: Tensor, center_z: float) -> tuple[Tensor, Tensor]:
 
 
 def eg3d_to_w2c(c2w_eg3d: Tensor, radius: float, center_z: float) -> Tensor:
-    """GMPI w2c [B, 4, 4] of an EG3D camera-to-world label [B, 4, 4] (AFHQ, spec §1.6).
+    """GMPI w2c [B, 4, 4] of an EG3D camera-to-world label [B, 4, 4] (AFHQ, docs/method.md §1.6).
 
     W2C_raw = C2W_eg3d⁻¹ F T(−c ẑ) (EG3D cameras are already OpenCV), then the radial renormalisation.
     """
@@ -257,7 +257,7 @@ def eg3d_to_w2c(c2w_eg3d: Tensor, radius: float, center_z: float) -> Tensor:
 
 
 def pitch_yaw_from_w2c(w2c: Tensor, center_z: float) -> tuple[Tensor, Tensor]:
-    """(pitch [B], yaw [B]) of the camera centre of w2c [B, 4, 4] seen from the sphere centre (spec §1.6).
+    """(pitch [B], yaw [B]) of the camera centre of w2c [B, 4, 4] seen from the sphere centre (method §1.6).
 
     The centre is mapped into the sphere frame (x_s = −Z, y_s = X, z_s = −(Y) relative to S);
     yaw = atan2(y_s, x_s), pitch = π/2 − acos(z_s/|p|). Inverts ``sphere_c2w`` for |yaw| < π.

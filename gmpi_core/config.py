@@ -1,4 +1,4 @@
-"""Typed experiment configuration and the dataset presets (spec §1.2, §1.4, §2.2, §4.1, §5, §6.2-6.8, §9).
+"""Typed experiment configuration and the dataset presets (method §1.2, §1.4, §2.2, §4.1, §5, §6.2-6.8, §9).
 
 Configuration is plain data: pydantic models validated once at the edge, serialised to JSON with every
 checkpoint and report, and turned into network/renderer arguments by the code that consumes them.
@@ -144,7 +144,7 @@ class _Strict(BaseModel):
 
 
 class CameraConfig(_Strict):
-    """Camera intrinsics, the plane range and the pose prior (spec §1.2, §1.4, §2.2, §2.3)."""
+    """Camera intrinsics, the plane range and the pose prior (docs/method.md §1.2, §1.4, §2.2, §2.3)."""
 
     fov_deg: float = Field(gt=0, lt=180, description="horizontal field of view")
     d_near: float = Field(gt=0, description="depth of the nearest plane (ray_start)")
@@ -181,7 +181,7 @@ class CameraConfig(_Strict):
 
 
 class GeneratorConfig(_Strict):
-    """StyleGAN2 generator + GMPI alpha branch (spec §4). Field names equal the network's init kwargs."""
+    """StyleGAN2 generator + GMPI alpha branch (method §4). Field names equal the network's init kwargs."""
 
     img_resolution: int = Field(ge=8)
     img_channels: int = 3
@@ -212,7 +212,7 @@ class GeneratorConfig(_Strict):
 
 
 class DiscriminatorConfig(_Strict):
-    """Pose-conditioned StyleGAN2 resnet discriminator (spec §5). Field names equal the init kwargs."""
+    """Pose-conditioned StyleGAN2 resnet discriminator (method §5). Field names equal the init kwargs."""
 
     img_resolution: int = Field(ge=8)
     img_channels: int = 3
@@ -232,8 +232,8 @@ class DiscriminatorConfig(_Strict):
 
 
 class LightingConfig(_Strict):
-    """Lighting augmentation (spec §6.6). The official ramp starts at k_a = k_d = 0 (black MPIs at the first
-    shaded step, §12.2.1); ``official_ramp=False`` ramps the *shading* from identity instead."""
+    """Lighting augmentation (docs/method.md §6.6). The official ramp starts at k_a = k_d = 0 (black MPIs at
+    the first shaded step, §12.2.1); ``official_ramp=False`` ramps the *shading* from identity instead."""
 
     enabled: bool = True
     ka_max: float = 0.9
@@ -248,7 +248,7 @@ class LightingConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Optimisation (spec §6.2-§6.5, §6.8, §6.9). ``batch_size`` is per GPU/process."""
+    """Optimisation (docs/method.md §6.2-§6.5, §6.8, §6.9). ``batch_size`` is per GPU/process."""
 
     batch_size: int = Field(ge=1)
     batch_split: int = Field(default=1, ge=1)
@@ -283,7 +283,7 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    """Evaluation protocol constants (spec §9.0)."""
+    """Evaluation protocol constants (docs/method.md §9.0)."""
 
     n_planes: int = 96
     truncation_psi: float = 1.0
@@ -296,7 +296,7 @@ class EvalConfig(_Strict):
 
 
 class DatasetConfig(_Strict):
-    """Where the images and poses live (spec §7). Paths are filled in by the user or the service."""
+    """Where the images and poses live (docs/method.md §7). Paths are filled in by the user or the service."""
 
     kind: DatasetKind
     resolution: int
@@ -338,7 +338,7 @@ class ExperimentConfig(_Strict):
         return ExperimentConfig.model_validate(data)
 
 
-# --- presets (spec tables §1.2, §1.4, §2.2, §4.1, §6.2) ------------------------------------------------
+# --- presets (docs/method.md tables §1.2, §1.4, §2.2, §4.1, §6.2) -------------------------------------------
 
 _FFHQ_CAMERA = CameraConfig(
     fov_deg=12.6, d_near=0.95, d_far=1.12, yaw_std=0.289, pitch_std=0.127, truncation_k=2.0,
@@ -357,7 +357,7 @@ _METFACES_CAMERA = CameraConfig(
 def _official(
     name: str, camera: CameraConfig, res: int, kind: DatasetKind, batch: int, split: int
 ) -> ExperimentConfig:
-    channel_base = 16384 if res == 256 else 32768  # "paper256" config at 256 (spec §4.1 table)
+    channel_base = 16384 if res == 256 else 32768  # "paper256" config at 256 (docs/method.md §4.1 table)
     return ExperimentConfig(
         name=name,
         camera=camera,

@@ -1,4 +1,4 @@
-"""The GMPI pipeline: a generator plus the camera set-up it was trained with (spec §1-§4).
+"""The GMPI pipeline: a generator plus the camera set-up it was trained with (docs/method.md §1-§4).
 
 One object that turns latents into MPIs and MPIs into views; everything else (training, evaluation,
 renders, services) goes through it rather than re-assembling generator, planes and cameras.
@@ -52,11 +52,11 @@ STYLEGAN2_DEFAULT_PRESET = "FFHQ256"
 
 @dataclass
 class MPI:
-    """A batch of multiplane images and where their planes sit in the world (spec §2)."""
+    """A batch of multiplane images and where their planes sit in the world (docs/method.md §2)."""
 
     rgba: Tensor  # [B, N, 4, T, T] in [0, 1], plane 0 nearest, last plane = opaque background
     plane_dhw: Tensor  # [N, 3] (depth, height, width) in world units
-    depth_norm: Tensor  # [N] normalised plane depth z̃ in [0, 1] (spec §2.4)
+    depth_norm: Tensor  # [N] normalised plane depth z̃ in [0, 1] (docs/method.md §2.4)
 
     @property
     def n_planes(self) -> int:
@@ -81,7 +81,7 @@ def experiment_for(generator: nn.Module, preset_name: str) -> ExperimentConfig:
 @contextmanager
 def zeroed_w_avg(generator: GMPIGenerator) -> Iterator[None]:
     """Temporarily set w̄ = 0, so ψ < 1 truncates toward w = 0 like the official renders, whose
-    evaluation never restores the ``w_avg`` buffer (spec §9.1, §10). Restored on exit."""
+    evaluation never restores the ``w_avg`` buffer (docs/method.md §9.1, §10). Restored on exit."""
     w_avg = generator.mapping.w_avg
     saved = w_avg.clone()
     w_avg.zero_()
@@ -189,8 +189,8 @@ def generate_planes(
 ) -> Tensor:
     """MPI [B, N, 4, R, R] for ws [B, num_ws, w_dim] and z̃ [N], synthesised ``chunk_n_planes`` at a time.
 
-    Unlike the original's chunked generation (spec §10 PITFALL: every chunk's last plane became an opaque
-    background with its own noise), the result equals one call over all N planes: planes 0..N−2 get the
+    Unlike the original's chunked generation (docs/method.md §10 PITFALL: every chunk's last plane became an
+    opaque background with its own noise), the result equals one call over all N planes: planes 0..N−2 get the
     shared colour, plane N−1 the background colour, alphas come from identically seeded chunks.
     """
     n = plane_depth_norm.numel()
@@ -260,7 +260,7 @@ class GMPI:
         * ``official:DIR`` / a folder with ``config.pth``: the official GMPI checkpoint (EMA weights
           unless ``use_ema=False``; the buffers it leaves fresh drawn from ``seed``), configured by its
           dataset's preset;
-        * ``stylegan2_pkl:FILE`` / a ``.pkl``: GMPI initialised from a StyleGAN2-ADA pickle (spec §4.5);
+        * ``stylegan2_pkl:FILE`` / a ``.pkl``: GMPI initialised from a StyleGAN2-ADA pickle (method §4.5);
         * ``native2d:DIR``: GMPI initialised (``seed``) from a 2D StyleGAN2's EMA weights, by name.
 
         ``preset`` names the experiment config instead of the checkpoint's own (a native or official
@@ -323,7 +323,7 @@ class GMPI:
     ) -> GMPI:
         """Load a native checkpoint dir (``config.json`` + ``weights.safetensors`` [+ ``ema.safetensors``]).
 
-        ``use_ema=None`` uses the EMA weights when the checkpoint has them (what evaluation uses, spec §9.1).
+        ``use_ema=None`` uses the EMA weights when the checkpoint has them (what evaluation uses, §9.1).
         """
         from gmpi_core.checkpoints.native import load_pretrained, read_native_config
 
@@ -375,7 +375,7 @@ class GMPI:
 
     # -- latents -> MPI -> views --------------------------------------------------------------------
     def latents(self, seeds: Sequence[int]) -> Tensor:
-        """z [B, z_dim] with ``torch.manual_seed(seed)`` per image, as the official evaluation (spec §9.1)."""
+        """z [B, z_dim] with ``torch.manual_seed(seed)`` per image, as the official evaluation (§9.1)."""
         zs = []
         for seed in seeds:
             g = torch.Generator().manual_seed(int(seed))
@@ -415,7 +415,7 @@ class GMPI:
     ) -> MPI:
         """MPIs for the given seeds (or latents ``z``) with ``n_planes`` planes (default: the eval count).
 
-        z from ``torch.manual_seed(seed)`` per seed (spec §9.1); the synthesis noise is drawn from
+        z from ``torch.manual_seed(seed)`` per seed (docs/method.md §9.1); the synthesis noise is drawn from
         ``generator`` (on the model's device), by default one seeded with the first seed, so a seed gives
         the same MPI in every run (with ``z`` and no generator: the global RNG). ``zero_w_avg``: truncate
         toward w = 0 like the official renders; ``chunk_n_planes``: synthesise that many planes at a time
@@ -451,7 +451,7 @@ class GMPI:
     def cameras(
         self, yaw: float | Sequence[float] | Tensor, pitch: float | Sequence[float] | Tensor
     ) -> Tensor:
-        """c2w [B, 4, 4] on this model's camera sphere (spec §1.3)."""
+        """c2w [B, 4, 4] on this model's camera sphere (docs/method.md §1.3)."""
         yaw_t = torch.as_tensor(yaw, dtype=torch.float32).reshape(-1)
         pitch_t = torch.as_tensor(pitch, dtype=torch.float32).reshape(-1)
         yaw_t, pitch_t = torch.broadcast_tensors(yaw_t, pitch_t)

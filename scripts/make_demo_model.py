@@ -49,7 +49,7 @@ def training_notes(report: dict) -> str:
             f"- {key}: FID {r['fid']:.1f}, KID {r['kid_mean']:.4f} ± {r['kid_std']:.4f} ({r['n_fake']} imgs)"
             for key, r in q["rows"].items()
         ]
-        head = f"Image quality against {q['real']['n']} held-out synthetic heads (spec §9.2; few images: FID"
+        head = f"Image quality against {q['real']['n']} held-out synthetic heads (§9.2; few images: FID"
         quality = "\n\n" + head + " is biased up):\n\n" + "\n".join(lines)
     return f"""# The demo model
 
@@ -59,8 +59,8 @@ a 2D StyleGAN2 for {s1["steps"]} steps ({s1["train_s"] / 60:.1f} min),
 then GMPI initialised from it for {s2["steps"]} steps ({s2["train_s"] / 60:.1f} min). Shipped: the EMA
 generator and the discriminator, stored in float16 (`scripts/make_demo_model.py`).
 
-Depth error (spec §9.3, z-scored MSE in the pose-matched face mask; {ev["n_latents"]} fresh latents at
-prior poses, {ev["n_planes"]} planes; a flat image scores 1.0):
+Depth error (docs/method.md §9.3, z-scored MSE in the pose-matched face mask; {ev["n_latents"]} fresh latents
+at prior poses, {ev["n_planes"]} planes; a flat image scores 1.0):
 
 | row | mean ± std | renders |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""Checkpoint readers and writers that never execute code from a file (spec §11, §4.5, §6.8-§6.9, §9.1).
+"""Checkpoint readers and writers that never execute code from a file (method §11, §4.5, §6.8-§6.9, §9.1).
 
 * :mod:`.stylegan2_pkl` — StyleGAN2-ADA ``.pkl`` snapshots (allow-listed unpickling, ``module_src`` ignored),
   and GMPI's initialisation from them.

@@ -1,12 +1,12 @@
 """Our checkpoint format: ``config.json`` + ``weights.safetensors`` (+ ``ema.safetensors``), no pickle.
 
-A checkpoint is a directory (spec §6.9 lists what the official code saves; DESIGN.md the object-store
-layout ``models/{id}/config.json, weights.safetensors, ema.safetensors``)::
+A checkpoint is a directory (docs/method.md §6.9 lists what the official code saves; services/README.md the
+object-store layout ``models/{id}/config.json, weights.safetensors, ema.safetensors``)::
 
     config.json           {"format": "gmpi-native", "version": 1, "class": "GMPIGenerator",
                            "kwargs": <model.config>, "extra": <any JSON, e.g. the experiment config>}
     weights.safetensors   model.state_dict(): parameters and persistent buffers (w_avg, noise_const, ...)
-    ema.safetensors       optional: EMA parameters by name (spec §6.8)
+    ema.safetensors       optional: EMA parameters by name (docs/method.md §6.8)
 
 The class is looked up in a registry of our network classes — never imported from a string in the file.
 Writes are atomic: files go into a temporary directory next to the target, are fsynced, then renamed into
@@ -159,8 +159,8 @@ def copy_matching_tensors(
 ) -> TensorCopyReport:
     """Copy every tensor of ``model`` whose name exists in ``source_state`` with ``Tensor.copy_``.
 
-    Like the official ``copy_params_and_buffers(require_all=False)`` (spec §4.5): names absent from the
-    source keep their values, and a source shape that broadcasts to the destination is broadcast
+    Like the official ``copy_params_and_buffers(require_all=False)`` (docs/method.md §4.5): names absent from
+    the source keep their values, and a source shape that broadcasts to the destination is broadcast
     (``b4.out.weight`` [1, C] → [16, C]). A shape that does not broadcast is an error naming the tensor.
     """
     report = TensorCopyReport()

@@ -1,4 +1,4 @@
-"""Read the official GMPI checkpoints (apple/ml-gmpi) without unpickling arbitrary objects (spec §6.9, §9.1).
+"""Read the official GMPI checkpoints (apple/ml-gmpi) without unpickling arbitrary objects (§6.9, §9.1).
 
 An official checkpoint directory holds ``config.pth`` (``{"config": <yacs config as nested dicts>}``),
 ``generator.pth`` (the raw ``state_dict``), ``ema.pth``/``ema2.pth`` (torch_ema states: ``decay``,
@@ -9,10 +9,10 @@ against the file before allocation); yacs ``CfgNode`` objects in ``config.pth`` 
 architecture number of the config is checked against :mod:`gmpi_core.config`'s limits before the
 generator is built.
 
-**Evaluation quirk reproduced by default** (spec §9.1, §12.2 item 3): the official evaluation copies only the
-EMA *parameters* into a freshly built generator; buffers are not restored, so ``mapping.w_avg`` stays zero
-and truncation ψ < 1 pulls towards w = 0. ``restore_buffers=True`` loads ``w_avg`` (and the other buffers)
-from ``generator.pth`` instead, which is what truncation is meant to use.
+**Evaluation quirk reproduced by default** (docs/method.md §9.1, §12.2 item 3): the official evaluation copies
+only the EMA *parameters* into a freshly built generator; buffers are not restored, so ``mapping.w_avg`` stays
+zero and truncation ψ < 1 pulls towards w = 0. ``restore_buffers=True`` loads ``w_avg`` (and the other
+buffers) from ``generator.pth`` instead, which is what truncation is meant to use.
 
     >>> G, info = load_official_gmpi("ckpts/gmpi_pretrained/FFHQ256")  # doctest: +SKIP
     >>> info.dataset, info.generator_kwargs["img_resolution"], info.ema_step  # doctest: +SKIP
@@ -55,11 +55,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# dataset → image resolution R (train_helpers.modify_curriculums, spec §6.2)
+# dataset → image resolution R (train_helpers.modify_curriculums, docs/method.md §6.2)
 OFFICIAL_DATASETS = {"FFHQ256": 256, "FFHQ512": 512, "FFHQ1024": 1024, "AFHQCat": 512, "MetFaces": 1024}
-# STYLEGAN2_CFG_SPECS[str(R)]["fmaps"]: channel_base = fmaps · 32768 (spec §4.1)
+# STYLEGAN2_CFG_SPECS[str(R)]["fmaps"]: channel_base = fmaps · 32768 (docs/method.md §4.1)
 _FMAPS = {256: 0.5, 512: 1.0, 1024: 1.0}
-# curriculum constants shared by all datasets: latent_dim, stylegan2_w_dim, generator_label_dim (spec §6.2)
+# curriculum constants shared by all datasets: latent_dim, stylegan2_w_dim, generator_label_dim (method §6.2)
 _Z_DIM, _W_DIM, _C_DIM = 512, 512, 0
 # Opcodes a config.pth may run (an official one: a few thousand); weight files use MAX_PICKLE_OPS.
 CONFIG_MAX_OPS = 200_000
@@ -152,7 +152,7 @@ def _section(cfg: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 
 def _alpha_head(cond: str, embed: str) -> str:
-    """``torgba_cond_on_pos_enc`` + ``..._embed_func`` → our alpha head (train.py dispatch, spec §4.4)."""
+    """``torgba_cond_on_pos_enc`` + ``..._embed_func`` → our alpha head (train.py dispatch, method §4.4)."""
     if cond == "none":
         return "none"
     if cond == "depth2alpha":
@@ -190,7 +190,7 @@ def _options(value: Any, what: str) -> dict[str, Any]:
 
 
 def official_generator_kwargs(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(dataset, ``GMPIGenerator`` kwargs) from an official config, as ``train.py`` builds G (spec §4.1).
+    """(dataset, ``GMPIGenerator`` kwargs) from an official config, as ``train.py`` builds G (method §4.1).
 
     Every architecture number is checked against :func:`gmpi_core.config.check_architecture`'s limits.
     """
@@ -215,7 +215,7 @@ def official_generator_kwargs(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]
             "torgba_cond_on_pos_enc_embed_func",
         ),
     )
-    # Options our generator implements only at their paper values (spec §4.2-§4.4).
+    # Options our generator implements only at their paper values (docs/method.md §4.2-§4.4).
     fixed: dict[str, Any] = {
         "G_final_img_act": "tanh",
         "torgba_sep_background": True,
@@ -239,7 +239,7 @@ def official_generator_kwargs(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]
         )
     synthesis = _options(sg2.get("synthesis_kwargs"), "GMPI.MODEL.STYLEGAN2.synthesis_kwargs")
     mapping = _options(sg2.get("mapping_kwargs"), "GMPI.MODEL.STYLEGAN2.mapping_kwargs")
-    high_res = resolution > 128  # fp16 and clamping only above 128² (train.py, spec §4.1)
+    high_res = resolution > 128  # fp16 and clamping only above 128² (train.py, docs/method.md §4.1)
     kwargs: dict[str, Any] = dict(
         z_dim=_Z_DIM,
         c_dim=_C_DIM,
@@ -286,7 +286,7 @@ def _check_limits(kwargs: dict[str, Any]) -> None:
 
 
 def _training_plane_depth_norm(dataset: str, n_planes: int, method: str) -> list[float]:
-    """z̃_i = (d_i - d_near) / (d_far - d_near) of the training planes, nearest first (spec §2.2, §2.4)."""
+    """z̃_i = (d_i - d_near) / (d_far - d_near) of the training planes, nearest first (method §2.2, §2.4)."""
     from gmpi_core.config import preset
 
     camera = preset(dataset).camera
@@ -300,7 +300,7 @@ def _training_plane_depth_norm(dataset: str, n_planes: int, method: str) -> list
             f"official config: distance_sample_method={method!r} is not supported for learnable_param "
             "checkpoints; use 'inverse' or 'uniform'"
         )
-    depths = depths.float().clamp(near, far)  # the official planes are float32 (spec §2.2)
+    depths = depths.float().clamp(near, far)  # the official planes are float32 (docs/method.md §2.2)
     return ((depths - near) / (far - near)).tolist()
 
 
@@ -324,7 +324,7 @@ def _read_generator_state(path: Path) -> dict[str, Tensor]:
 
 
 def _parameter_order(G: torch.nn.Module, generator_state: dict[str, Tensor] | None) -> list[str]:
-    """Names for torch_ema's positional ``shadow_params`` (spec §11.4): the official registration order.
+    """Names for torch_ema's positional ``shadow_params`` (method §11.4): the official registration order.
 
     ``generator.pth`` records that order (its keys minus buffers); our own order is the fallback.
     """
@@ -384,7 +384,7 @@ def load_official_gmpi(
 ) -> tuple[GMPIGenerator, OfficialGMPICheckpoint]:
     """Our ``GMPIGenerator`` with the weights of an official checkpoint directory; eval mode.
 
-    ``use_ema=True`` (official evaluation, spec §9.1): parameters from ``ema.pth``; ``False``: from
+    ``use_ema=True`` (official evaluation, docs/method.md §9.1): parameters from ``ema.pth``; ``False``: from
     ``generator.pth``. ``restore_buffers=False`` (default) reproduces the official quirk — buffers keep
     their fresh values, so ``mapping.w_avg`` is zero; ``True`` loads ``w_avg``, ``noise_const`` and the
     filters from ``generator.pth``. A file path instead of a directory means its directory.

@@ -1,4 +1,4 @@
-"""An unpickler that resolves globals only from an explicit allow-list, within bounded work (spec §11.2).
+"""An unpickler that resolves globals only from an explicit allow-list, within bounded work (method §11.2).
 
 A pickle is a small program: every ``GLOBAL``/``STACK_GLOBAL`` opcode imports an object by name and
 ``REDUCE``/``NEWOBJ`` call it. :class:`SafeUnpickler` answers every import from a mapping

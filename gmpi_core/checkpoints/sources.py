@@ -1,4 +1,4 @@
-"""Model sources: the one parser of what ``--model``, ``--init`` and the workers name (spec §11).
+"""Model sources: the one parser of what ``--model``, ``--init`` and the workers name (docs/method.md §11).
 
 A source is written ``KIND:PATH`` or as a bare path whose kind is read off the files it holds:
 

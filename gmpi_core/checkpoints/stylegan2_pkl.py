@@ -1,4 +1,4 @@
-"""Read StyleGAN2-ADA network pickles without executing anything from them (spec §11.1-§11.4, §4.5).
+"""Read StyleGAN2-ADA network pickles without executing anything from them (docs/method.md §11.1-§11.4, §4.5).
 
 A StyleGAN2-ADA snapshot (``network-snapshot-*.pkl``, ``ffhq-res256-mirror-paper256-noaug.pkl``, ...) is a
 plain pickle of ``{"G", "D", "G_ema", "augment_pipe", "training_set_kwargs"}`` whose networks are
@@ -73,9 +73,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PERSISTENCE_VERSION = 6  # torch_utils/persistence.py `_version` (spec §11.2)
-GMPI_INIT_SEED = 123  # official SEED (spec §4.5, §6.1)
-# train.py draws 25 fixed latents on the CPU after seeding and before building G (spec §6.9)
+PERSISTENCE_VERSION = 6  # torch_utils/persistence.py `_version` (docs/method.md §11.2)
+GMPI_INIT_SEED = 123  # official SEED (docs/method.md §4.5, §6.1)
+# train.py draws 25 fixed latents on the CPU after seeding and before building G (docs/method.md §6.9)
 _OFFICIAL_FIXED_LATENTS = 25
 # Bounds on a snapshot's network trees (a 1024² G has ~150 modules and ~400 tensors, nested ≤ 5 deep).
 # Module trees must be trees: a module reached twice (shared or cyclic) is refused.
@@ -97,7 +97,7 @@ class NetworkSnapshot:
     """One pickled network: its class name, the init kwargs it was constructed with, its tensors.
 
     ``init_kwargs`` holds only what the training script passed explicitly (SG2 stores no defaults,
-    spec §11.3), as plain Python data. ``state_dict`` is in PyTorch ``state_dict`` order.
+    docs/method.md §11.3), as plain Python data. ``state_dict`` is in PyTorch ``state_dict`` order.
     """
 
     class_name: str
@@ -107,7 +107,7 @@ class NetworkSnapshot:
 
 @dataclass
 class StyleGAN2Pickle:
-    """The contents of a StyleGAN2-ADA snapshot (spec §11.1)."""
+    """The contents of a StyleGAN2-ADA snapshot (docs/method.md §11.1)."""
 
     G: NetworkSnapshot | None
     D: NetworkSnapshot | None
@@ -117,7 +117,7 @@ class StyleGAN2Pickle:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Stand-ins for the globals a StyleGAN2-ADA pickle may name (spec §11.2)
+# Stand-ins for the globals a StyleGAN2-ADA pickle may name (docs/method.md §11.2)
 
 
 @dataclass
@@ -398,7 +398,7 @@ def _unpickle(stream: BinaryIO, source: str) -> Any:
 
 
 def read_stylegan2_pkl(src: str | os.PathLike[str] | bytes | BinaryIO) -> StyleGAN2Pickle:
-    """Read a StyleGAN2-ADA snapshot pickle safely; ``module_src`` is never executed (spec §11.2).
+    """Read a StyleGAN2-ADA snapshot pickle safely; ``module_src`` is never executed (docs/method.md §11.2).
 
     Raises :class:`LegacyTFPickleError` for TensorFlow pickles, :class:`ForbiddenGlobalError` for any
     other global outside the allow-list, :class:`~gmpi_core.checkpoints.safe_pickle.UnsafePickleError`
@@ -446,7 +446,7 @@ def read_stylegan2_pkl(src: str | os.PathLike[str] | bytes | BinaryIO) -> StyleG
 
 
 # ---------------------------------------------------------------------------------------------------
-# Stored kwargs → our constructors (spec §11.3)
+# Stored kwargs → our constructors (docs/method.md §11.3)
 
 
 def _same(value: Any, expected: Any) -> bool:
@@ -527,9 +527,9 @@ def _checked(kwargs: dict[str, Any], what: str) -> dict[str, Any]:
 def stylegan2_generator_kwargs(snap: NetworkSnapshot) -> dict[str, Any]:
     """Init kwargs for ``StyleGAN2Generator``/``GMPIGenerator`` from a pickled SG2 ``Generator``.
 
-    SG2 stores only explicitly passed kwargs; the rest take SG2's defaults (spec §11.3): channel_base
-    32768, channel_max 512, num_fp16_res 0, conv_clamp None, 8 mapping layers. Every number is checked
-    against :func:`gmpi_core.config.check_architecture`'s limits.
+    SG2 stores only explicitly passed kwargs; the rest take SG2's defaults (docs/method.md §11.3):
+    channel_base 32768, channel_max 512, num_fp16_res 0, conv_clamp None, 8 mapping layers. Every number is
+    checked against :func:`gmpi_core.config.check_architecture`'s limits.
     """
     what = f"StyleGAN2 generator ({snap.class_name})"
     if snap.class_name != "Generator":
@@ -597,7 +597,7 @@ def stylegan2_generator_kwargs(snap: NetworkSnapshot) -> dict[str, Any]:
 def stylegan2_discriminator_kwargs(snap: NetworkSnapshot) -> dict[str, Any]:
     """Init kwargs for our ``Discriminator`` from a pickled SG2 ``Discriminator`` (resnet only).
 
-    Defaults for kwargs SG2 did not store (spec §11.3): channel_base 32768, channel_max 512,
+    Defaults for kwargs SG2 did not store (docs/method.md §11.3): channel_base 32768, channel_max 512,
     num_fp16_res 0, conv_clamp None, mbstd group 4 with 1 channel, cmap_dim = C_4. Every number is
     checked against :func:`gmpi_core.config.check_architecture`'s limits.
     """
@@ -683,7 +683,7 @@ def init_gmpi_from_stylegan2(
     seed: int = GMPI_INIT_SEED,
     **gmpi_kwargs: Any,
 ) -> tuple[GMPIGenerator, Discriminator]:
-    """GMPI's starting point (spec §4.5, §5): G ← the pickle's ``G_ema``, D ← its ``D``, by name.
+    """GMPI's starting point (docs/method.md §4.5, §5): G ← the pickle's ``G_ema``, D ← its ``D``, by name.
 
     Both networks are built under ``torch.manual_seed(seed)`` after drawing the 25 fixed latents the
     official script draws first, without touching the caller's RNG state; tensors absent from the pickle
@@ -701,7 +701,7 @@ def init_gmpi_from_stylegan2(
     g_kwargs = {**stylegan2_generator_kwargs(pkl.G_ema), "alpha_head": alpha_head, **gmpi_kwargs}
     d_kwargs = {
         **stylegan2_discriminator_kwargs(pkl.D),
-        "c_dim": 16,  # flattened 4×4 world-to-camera matrix (spec §1.5)
+        "c_dim": 16,  # flattened 4×4 world-to-camera matrix (docs/method.md §1.5)
         "cmap_dim": 16,
         "mbstd_group_size": 1,
         "mbstd_num_channels": 1,

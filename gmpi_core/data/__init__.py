@@ -1,1 +1,1 @@
-"""Dataset readers, writers and synthetic scenes (spec §7, §8)."""
+"""Dataset readers, writers and synthetic scenes (docs/method.md §7, §8)."""

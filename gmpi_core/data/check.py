@@ -1,4 +1,4 @@
-"""``gmpi data check``: every image a training run would draw, checked up front (spec §7 layouts).
+"""``gmpi data check``: every image a training run would draw, checked up front (docs/method.md §7 layouts).
 
     gmpi data check data/synth64                                  # synthetic layout (auto-detected)
     gmpi data check ffhq256x256.zip --poses ffhq256_deep3dface_coeffs --preset FFHQ256

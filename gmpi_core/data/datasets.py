@@ -1,4 +1,4 @@
-"""Training images with their cameras: one reader, pluggable pose sources (spec §7).
+"""Training images with their cameras: one reader, pluggable pose sources (docs/method.md §7).
 
 ``GMPIDataset`` pairs an ``ImageSource`` (a StyleGAN2-ADA ``dataset_tool`` zip or an image folder) with a
 ``PoseSource`` (``gmpi_core.data.poses``) and yields ``Sample(image [3, R, R] in [-1, 1], w2c_flat [16],
@@ -62,7 +62,7 @@ __all__ = [
 
 MissingPoses = Literal["error", "skip"]
 
-# What counts as an image in a zip or folder (PIL-readable; spec §7 lists "members with an image extension").
+# What counts as an image in a zip or folder (PIL-readable; §7 lists "members with an image extension").
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
@@ -71,8 +71,8 @@ class DatasetError(ValueError):
 
 
 class Sample(NamedTuple):
-    """One training example (spec §7): ``image`` [3, R, R] float32 in [-1, 1], ``w2c_flat`` [16] (row-major
-    world-to-camera, the discriminator condition of spec §1.5), ``yaw`` [1] and ``pitch`` [1] in radians.
+    """One training example (method §7): ``image`` [3, R, R] float32 in [-1, 1], ``w2c_flat`` [16] (row-major
+    world-to-camera, the discriminator condition of method §1.5), ``yaw`` [1] and ``pitch`` [1] in radians.
     A batch from ``DataLoader`` is a ``Sample`` of stacked tensors ([B, 3, R, R], [B, 16], [B, 1], [B, 1])."""
 
     image: Tensor
@@ -172,7 +172,7 @@ class ImageSource:
 
 
 def image_to_tensor(image: PIL.Image.Image) -> Tensor:
-    """[3, H, W] float32 in [-1, 1] from an RGB image: ToTensor (÷255) then Normalize(0.5, 0.5) (spec §7)."""
+    """[3, H, W] float32 in [-1, 1] from an RGB image: ToTensor (÷255) then Normalize(0.5, 0.5) (§7)."""
     x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
     return x.to(torch.float32).div(255).sub(0.5).div(0.5)
 
@@ -181,11 +181,11 @@ def image_to_tensor(image: PIL.Image.Image) -> Tensor:
 
 
 class GMPIDataset(Dataset[Sample]):
-    """Real images and their cameras (spec §7).
+    """Real images and their cameras (docs/method.md §7).
 
     Images on the pose source's fail list or in ``exclude`` are dropped; images without a pose raise
     ``DatasetError`` (``missing_poses="error"``) or are dropped with a warning (``"skip"``). Images whose
-    size differs from ``resolution`` are LANCZOS-resized (warned once). No online flipping (spec §7).
+    size differs from ``resolution`` are LANCZOS-resized (warned once). No online flipping (method §7).
     """
 
     def __init__(
@@ -271,7 +271,7 @@ class GMPIDataset(Dataset[Sample]):
         pose = self.poses.pose(key)
         return Sample(
             image=self.load_image(key),
-            w2c_flat=pose.w2c.reshape(16),  # row-major flattening (spec §1.5)
+            w2c_flat=pose.w2c.reshape(16),  # row-major flattening (docs/method.md §1.5)
             yaw=torch.tensor([pose.yaw], dtype=torch.float32),
             pitch=torch.tensor([pose.pitch], dtype=torch.float32),
         )

@@ -1,4 +1,4 @@
-"""Camera poses of real images: one protocol, one implementation per on-disk format (spec §1.5, §1.6, §7).
+"""Camera poses of real images: one protocol, one implementation per on-disk format (method §1.5, §1.6, §7).
 
 Every source maps an image *key* (the image's path inside its zip or folder, posix separators) to the
 GMPI world-to-camera matrix that conditions the discriminator, plus the image's yaw and pitch:
@@ -44,7 +44,7 @@ __all__ = [
 
 Deep3DFaceLayout = Literal["ffhq", "metfaces"]
 
-# Keys and shapes written by Deep3DFaceRecon's ``save_coeff`` (spec §1.6); GMPI reads only angle and trans.
+# Keys and shapes written by Deep3DFaceRecon's ``save_coeff`` (method §1.6); GMPI reads only angle and trans.
 DEEP3DFACE_KEYS: dict[str, tuple[int, ...]] = {
     "id": (1, 80),
     "exp": (1, 64),
@@ -61,8 +61,8 @@ class PoseError(ValueError):
 
 
 class Pose(NamedTuple):
-    """The camera of one real image: ``w2c`` [4, 4] float32 (GMPI world-to-camera, spec §1.5), yaw and
-    pitch in radians (spec §1.6: not used by training, returned for analysis)."""
+    """The camera of one real image: ``w2c`` [4, 4] float32 (GMPI world-to-camera, docs/method.md §1.5), yaw
+    and pitch in radians (docs/method.md §1.6: not used by training, returned for analysis)."""
 
     w2c: Tensor
     yaw: float
@@ -78,7 +78,7 @@ class PoseSource(Protocol):
         ...
 
     def is_excluded(self, key: str) -> bool:
-        """Whether ``key`` is on the source's fail list (spec §7, §8.1) and must not be trained on."""
+        """Whether ``key`` is on the source's fail list (method §7, §8.1) and must not be trained on."""
         ...
 
     def keys(self) -> set[str] | None:
@@ -99,7 +99,7 @@ class PoseSource(Protocol):
 
 
 def read_fail_list(path: str | os.PathLike[str]) -> set[str]:
-    """Names in a fail list (spec §8.1): one per line, stripped, blank lines ignored; empty if no file."""
+    """Names in a fail list (method §8.1): one per line, stripped, blank lines ignored; empty if no file."""
     path = Path(path)
     if not path.is_file():
         return set()
@@ -111,12 +111,12 @@ def read_fail_list(path: str | os.PathLike[str]) -> set[str]:
 
 
 class Deep3DFacePoses(PoseSource):
-    """One Deep3DFaceRecon ``.mat`` per image (spec §1.6, §7).
+    """One Deep3DFaceRecon ``.mat`` per image (docs/method.md §1.6, §7).
 
     ``layout="ffhq"``: the pose of member ``00000/img00000123.png`` is ``{root}/00000/img00000123.mat`` (only
-    the suffix is replaced — spec §7 PITFALL); the fail list ``{root}/fail_list.txt`` holds member names.
-    ``layout="metfaces"``: the pose of ``<stem>.png`` is ``{root}/coeffs/<stem>.mat``; the fail list holds
-    basenames. yaw = −angle[1], pitch = angle[0] (spec §1.6, §1.7).
+    the suffix is replaced — docs/method.md §7 PITFALL); the fail list ``{root}/fail_list.txt`` holds member
+    names. ``layout="metfaces"``: the pose of ``<stem>.png`` is ``{root}/coeffs/<stem>.mat``; the fail list
+    holds basenames. yaw = −angle[1], pitch = angle[0] (docs/method.md §1.6, §1.7).
     """
 
     def __init__(
@@ -128,12 +128,12 @@ class Deep3DFacePoses(PoseSource):
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"Deep3DFace pose folder {self.root} does not exist; point it at the folder of coefficient "
-                f".mat files written by the pose step (spec §8.2)"
+                f".mat files written by the pose step (docs/method.md §8.2)"
             )
         if layout == "metfaces" and not (self.root / "coeffs").is_dir():
             raise FileNotFoundError(
                 f"MetFaces pose folder {self.root} has no 'coeffs/' subfolder; expected "
-                f"{self.root}/coeffs/<stem>.mat for every image (spec §1.6)"
+                f"{self.root}/coeffs/<stem>.mat for every image (docs/method.md §1.6)"
             )
         self.radius = radius
         self.center_z = center_z
@@ -196,7 +196,7 @@ class Deep3DFacePoses(PoseSource):
 
 
 def read_deep3dface_angle_trans(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``angle`` [3] and ``trans`` [3] (float64) of a Deep3DFaceRecon coefficient file (spec §1.6)."""
+    """``angle`` [3] and ``trans`` [3] (float64) of a Deep3DFaceRecon coefficient file (method §1.6)."""
     if not path.is_file():
         raise PoseError(f"pose file {path} does not exist; run the pose step for this image or exclude it")
     try:
@@ -222,7 +222,7 @@ def read_deep3dface_angle_trans(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def write_deep3dface_mat(
     path: str | os.PathLike[str], angle: Iterable[float], trans: Iterable[float], **coeffs: np.ndarray
 ) -> Path:
-    """Write a Deep3DFaceRecon-compatible coefficient file with every key of spec §1.6 (float32).
+    """Write a Deep3DFaceRecon-compatible coefficient file with every key of docs/method.md §1.6 (float32).
 
     ``angle`` (radians, Euler x, y, z) and ``trans`` are 3 numbers each; other keys (``id``, ``exp``, ``tex``,
     ``gamma``, ``lm68``) default to zeros of their shape. Parent folders are created.
@@ -306,10 +306,10 @@ def _stack_poses(names: list[str], w2c: Tensor, yaw: Tensor, pitch: Tensor) -> d
 
 
 class EG3DPoses(_ListedPoses):
-    """EG3D's ``dataset.json`` (AFHQCat, spec §1.6): ``{"labels": [[fname, [25 floats]], ...]}``; the first 16
-    floats are EG3D's camera-to-world matrix (row-major), the last 9 (intrinsics) are ignored. yaw and pitch
-    are recovered from the converted w2c. Keys are the label file names; there is no fail list. A dataset
-    zip is accepted too (its ``dataset.json`` member is read).
+    """EG3D's ``dataset.json`` (AFHQCat, docs/method.md §1.6): ``{"labels": [[fname, [25 floats]], ...]}``;
+    the first 16 floats are EG3D's camera-to-world matrix (row-major), the last 9 (intrinsics) are ignored.
+    yaw and pitch are recovered from the converted w2c. Keys are the label file names; there is no fail list.
+    A dataset zip is accepted too (its ``dataset.json`` member is read).
     """
 
     def __init__(self, dataset_json: str | os.PathLike[str], radius: float, center_z: float) -> None:
@@ -350,9 +350,9 @@ class JSONPoses(_ListedPoses):
           "fail_list": ["people/c.png"]
         }
 
-    ``yaw``/``pitch`` are radians in GMPI's convention (spec §1.3: positive yaw moves the camera right,
+    ``yaw``/``pitch`` are radians in GMPI's convention (method §1.3: positive yaw moves the camera right,
     positive pitch moves it up), the camera sits on the sphere of ``radius`` around (0, 0, ``center_z``).
-    ``w2c`` is GMPI's world-to-camera matrix, 16 floats row-major (spec §1.5: +X right, +Y down, +Z
+    ``w2c`` is GMPI's world-to-camera matrix, 16 floats row-major (docs/method.md §1.5: +X right, +Y down, +Z
     forward); its yaw/pitch are recovered from the camera centre. ``fail_list`` is optional.
     """
 
@@ -427,8 +427,8 @@ def write_eg3d_dataset_json(
     labels: Iterable[tuple[str, np.ndarray | Tensor]],
     intrinsics: Iterable[float] | None = None,
 ) -> Path:
-    """Write an EG3D ``dataset.json`` (spec §1.6) from ``(fname, c2w [4, 4])`` pairs; each label is the
-    row-major c2w followed by the 9 normalised intrinsics (default: AFHQ's fov 13.39°, centre 0.5)."""
+    """Write an EG3D ``dataset.json`` (docs/method.md §1.6) from ``(fname, c2w [4, 4])`` pairs; each label is
+    the row-major c2w followed by the 9 normalised intrinsics (default: AFHQ's fov 13.39°, centre 0.5)."""
     if intrinsics is None:
         f = 0.5 / math.tan(math.radians(13.39) / 2)  # EG3D normalises the focal length by the image size
         intrinsics = [f, 0.0, 0.5, 0.0, f, 0.5, 0.0, 0.0, 1.0]

@@ -4,13 +4,13 @@ Every identity is a dozen analytic quadrics — head ellipsoid, hair cap, eyes w
 nose (bridge, tip, wings), lips, ears, neck — with random proportions and colours, shaded Lambertian +
 ambient in front of a smooth random background plane at the preset's far depth. Images are ray cast
 exactly in GMPI's convention (world +X right, +Y down, +Z forward; cameras on the sphere around (0, 0, c);
-pinhole with the principal point at (W/2, H/2) and rays through pixel centres; spec §1.1-§1.3) with the
-preset's intrinsics, so depth, face mask, landmarks and camera are known exactly. All geometry lies in
-world z ∈ [d_near, d_far) of the FFHQ preset (0.95…1.12, spec §2.2), the head centred on the Z axis near
-z ≈ 1.04; poses follow the FFHQ pose prior (spec §1.4). Identity ``i`` and its pose depend only on
-``(seed, i)``.
+pinhole with the principal point at (W/2, H/2) and rays through pixel centres; docs/method.md §1.1-§1.3) with
+the preset's intrinsics, so depth, face mask, landmarks and camera are known exactly. All geometry lies in
+world z ∈ [d_near, d_far) of the FFHQ preset (0.95…1.12, docs/method.md §2.2), the head centred on the Z axis
+near z ≈ 1.04; poses follow the FFHQ pose prior (docs/method.md §1.4). Identity ``i`` and its pose depend only
+on ``(seed, i)``.
 
-``synthesize_dataset(out)`` writes (spec §7, §1.6, §8.1):
+``synthesize_dataset(out)`` writes (docs/method.md §7, §1.6, §8.1):
 
     out/images.zip                         dataset_tool zip: 00000/img00000000.png, … + dataset.json
     out/poses/00000/img00000000.mat        Deep3DFaceRecon coefficients; angle/trans encode the TRUE camera
@@ -80,7 +80,7 @@ __all__ = [
 GENERATOR_VERSION = "gmpi-synthetic-heads/1"
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 MIN_DATASET_RES, MAX_DATASET_RES = 16, 1024
-_BACKGROUND_GAP = 1e-3  # background plane this far before d_far: inside the MPI's depth range (spec §2.2)
+_BACKGROUND_GAP = 1e-3  # background plane this far before d_far: inside the MPI's depth range (method §2.2)
 _RAY_BLOCK = 512  # rays per block of the ray caster: keeps its [rays, primitives] temporaries in cache
 _LANDMARK_TOLERANCE = 1e-6  # world units; a first hit this much before a landmark means it is hidden
 _LIP_SINK, _LIP_DEPTH = 0.003, 0.0055  # lips ellipsoid centre behind the skin, and its z radius
@@ -111,8 +111,8 @@ FACE_PARTS = frozenset({Part.SKIN, Part.EYE, Part.BROW, Part.NOSE, Part.LIPS})
 
 @dataclass(frozen=True)
 class HeadParams:
-    """One identity. Lengths in world units (spec §1.1 frame, +Y down); ``*_y`` are offsets from the head
-    centre (negative = up); colours are RGB albedo in [0, 1]. The head is mirror-symmetric about x = 0 up
+    """One identity. Lengths in world units (docs/method.md §1.1 frame, +Y down); ``*_y`` are offsets from the
+    head centre (negative = up); colours are RGB albedo in [0, 1]. The head is mirror-symmetric about x = 0 up
     to the asymmetry terms ``eye_dy``, ``nose_x``, ``mouth_x``, ``hair_offset[0]``, ``light[0]`` and
     ``background_wave[0]``, which ``sample_identity(symmetric=True)`` sets to 0."""
 
@@ -233,7 +233,7 @@ def _jitter(rng: np.random.Generator, color: np.ndarray, amount: float) -> Vec3:
 def sample_identity(rng: np.random.Generator, symmetric: bool = False) -> HeadParams:
     """A random head. ``symmetric=True`` zeroes every left-right asymmetry (see ``HeadParams``), so the
     frontal view is an exact mirror image of itself. The ranges keep all geometry inside ``HEAD_Z_RANGE`` =
-    world z ∈ [0.954, 1.115], between the FFHQ preset's planes 0.95 and 1.12 (spec §2.2)."""
+    world z ∈ [0.954, 1.115], between the FFHQ preset's planes 0.95 and 1.12 (docs/method.md §2.2)."""
     u = rng.uniform
 
     def asym(scale: float) -> float:
@@ -425,7 +425,7 @@ def _camera_rays(fov_deg: float, res: int) -> np.ndarray:
 
 
 def _camera_to_world(yaw: float, pitch: float, camera: CameraConfig) -> np.ndarray:
-    """c2w [4, 4] float64 of the sphere camera (spec §1.3)."""
+    """c2w [4, 4] float64 of the sphere camera (docs/method.md §1.3)."""
     yp = torch.tensor([[yaw, pitch]], dtype=torch.float64)
     c2w = camera_c2w(camera, yp[:, 0], yp[:, 1])
     return c2w[0].to(torch.float64).numpy()
@@ -444,11 +444,11 @@ def render_head(
     camera: CameraConfig | None = None,
     antialias: int = 2,
 ) -> HeadSample:
-    """Ray cast one head from the sphere camera at (yaw, pitch) (spec §1.3) at ``res``² with ``camera``'s
-    intrinsics (default: the FFHQ preset). Depth, mask, parts and landmarks use exactly one ray through each
-    pixel centre (spec §1.2); image pixels on silhouettes, part borders and eyes average ``antialias``²
-    stratified rays (the grid of ``pixel_ray_directions`` at ``antialias·res``), the smooth rest keeps the
-    centre ray."""
+    """Ray cast one head from the sphere camera at (yaw, pitch) (docs/method.md §1.3) at ``res``² with
+    ``camera``'s intrinsics (default: the FFHQ preset). Depth, mask, parts and landmarks use exactly one ray
+    through each pixel centre (docs/method.md §1.2); image pixels on silhouettes, part borders and eyes
+    average ``antialias``² stratified rays (the grid of ``pixel_ray_directions`` at ``antialias·res``), the
+    smooth rest keeps the centre ray."""
     if not isinstance(res, int) or res < 4:
         raise ValueError(f"res must be an int >= 4 (pixels per side), got {res!r}")
     if not isinstance(antialias, int) or not 1 <= antialias <= 8:
@@ -481,7 +481,7 @@ def render_head(
     image = np.round(np.clip(color, 0.0, 1.0) * 255.0).astype(np.uint8)
     mask = np.isin(parts, [int(q) for q in FACE_PARTS])
 
-    # landmarks: pinhole projection u = f x/z + W/2 (spec §1.2); hidden when a surface is hit before them
+    # landmarks: pinhole projection u = f x/z + W/2 (method §1.2); hidden when a surface is hit before them
     points = landmarks_3d(identity_params)
     cam = (points - origin) @ rot  # world → camera: R^T (X − C)
     focal = res / (2.0 * math.tan(math.radians(camera.fov_deg) / 2.0))
@@ -499,7 +499,7 @@ def render_head(
 
 def identity_and_pose(seed: int, index: int, camera: CameraConfig) -> tuple[HeadParams, float, float]:
     """Identity ``index`` of dataset ``seed`` and its (yaw, pitch) from the truncated-Gaussian prior of
-    ``camera`` (spec §1.4); depends only on (seed, index)."""
+    ``camera`` (docs/method.md §1.4); depends only on (seed, index)."""
     params = sample_identity(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 0))))
     state = np.random.SeedSequence(seed, spawn_key=(index, 1)).generate_state(2, np.uint32)
     generator = torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))

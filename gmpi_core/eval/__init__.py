@@ -1,1 +1,1 @@
-"""Evaluation: metrics (FID/KID, identity consistency, depth and pose accuracy) and the protocol (spec §9)."""
+"""Evaluation: metrics (FID/KID, identity consistency, depth and pose accuracy) and the protocol (§9)."""

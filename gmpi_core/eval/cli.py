@@ -1,4 +1,4 @@
-"""``gmpi eval``: the official evaluation protocol (spec §9.0) in one command.
+"""``gmpi eval``: the official evaluation protocol (docs/method.md §9.0) in one command.
 
     gmpi eval --model ckpts/FFHQ256 --data ffhq256x256.zip                   # 50k vs 50k, all metrics
     gmpi eval --model runs/synth/ckpt --data data/synth64 --debug --out eval/  # small counts
@@ -44,7 +44,7 @@ def _metrics(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gmpi eval",
-        description="FID/KID, identity consistency, depth and pose accuracy of a GMPI model (spec §9).",
+        description="FID/KID, identity consistency, depth and pose accuracy of a GMPI model (method §9).",
     )
     src = p.add_argument_group("model and data")
     src.add_argument(

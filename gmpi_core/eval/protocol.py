@@ -1,21 +1,21 @@
-"""The evaluation protocol of the official ``eval.sh`` in one process (spec §9.0-§9.5).
+"""The evaluation protocol of the official ``eval.sh`` in one process (docs/method.md §9.0-§9.5).
 
 Stages (each with a tqdm bar; every metric key is always in the report, ``None`` with a reason in
 ``skipped`` when it could not be computed):
 
-1. **fid_kid** (spec §9.1, §9.2): fakes i = 0…n−1 from ``GMPI.latents([i])`` (``torch.manual_seed(i)``),
+1. **fid_kid** (method §9.1, §9.2): fakes i = 0…n−1 from ``GMPI.latents([i])`` (``torch.manual_seed(i)``),
    96 planes, ψ = 1, poses from the training prior, rendered at R, uint8 by clip((I+1)/2)·255 truncation;
    TF-Inception features vs the (cached) features of n real images → FID, KID (``gmpi_core.eval.fid``).
-2. **identity** (spec §9.5): MPI i rendered from two independent prior poses at R; cosine similarity of
+2. **identity** (method §9.5): MPI i rendered from two independent prior poses at R; cosine similarity of
    face embeddings (``gmpi_core.eval.identity``).
-3. **geometry** (spec §9.3, §9.4): MPI i rendered at 224² with its depth; MTCNN landmarks on the render;
+3. **geometry** (method §9.3, §9.4): MPI i rendered at 224² with its depth; MTCNN landmarks on the render;
    * ``pose_landmarks``: our landmark + PnP head pose (``gmpi_core.preprocess``) as pseudo ground truth,
      error (1/3)‖â − (pitch, −yaw, 0)‖²;
    * ``depth_synthetic`` (synthetic datasets only): z-scored depth MSE of the render's depth (at the
      dataset's resolution) against the pose-matched mean ground-truth depth over its face mask;
    * ``depth_deep3dface`` / ``pose_deep3dface``: from Deep3DFaceRecon outputs when ``deep3dface_dir`` is
      given (the official fork's ``recon/{aligned_depth,pred_depth,pred_mask}/{i:06d}.npy`` and
-     ``recon/coeffs/{i:06d}.mat``, spec §9.0 step 8). Run ``gmpi eval --keep-images`` first: it writes
+     ``recon/coeffs/{i:06d}.mat``, method §9.0 step 8). Run ``gmpi eval --keep-images`` first: it writes
      ``<out>/geometry/{rgb,depth,angle}`` and ``rgb/detections/{i:06d}.txt`` in the layout the fork reads.
 
 Randomness: latents per image from its seed; rendering noise per batch from ``seed + first index``; poses
@@ -96,7 +96,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "pose_deep3dface_std",
 )
 REPORT_FORMAT = "gmpi-eval/1"
-# eval.sh's debug mode uses 2048 images for FID/KID (spec §9.0); identity/geometry are cut to 128 here.
+# eval.sh's debug mode uses 2048 images for FID/KID (method §9.0); identity/geometry are cut to 128 here.
 DEBUG_COUNTS = {"n_fid": 2048, "n_real": 2048, "n_identity": 128, "n_geometry": 128}
 # ``quick``: a smoke test of a few minutes on a CPU. The 64² demo model with all metrics used 6 CPU-minutes
 # (5.5 min user + 0.5 min system; 18 min of wall time on 2 cores shared with a load of ~10, so about 3-4
@@ -190,7 +190,7 @@ class ResolvedProtocol:
         )
 
     def official_counts(self, config: ExperimentConfig, metrics: Sequence[str]) -> bool:
-        """Whether every requested metric uses at least the preset's protocol counts (spec §9.0)."""
+        """Whether every requested metric uses at least the preset's protocol counts (docs/method.md §9.0)."""
         e, wanted = config.eval, set(metrics)
         need = []
         if wanted & {"fid", "kid"}:
@@ -305,11 +305,11 @@ def open_dataset(path: str | None) -> DatasetInfo | None:
     return DatasetInfo(str(p.resolve()), str(p.resolve()), None)
 
 
-# --- fake images (spec §9.1) ------------------------------------------------------------------------------
+# --- fake images (method §9.1) ------------------------------------------------------------------------------
 
 
 def to_uint8_batch(images: Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [−1, 1] → uint8 [B, H, W, 3] by clip((I + 1)/2, 0, 1)·255 truncated (spec §9.1)."""
+    """[B, 3, H, W] in [−1, 1] → uint8 [B, H, W, 3] by clip((I + 1)/2, 0, 1)·255 truncated (method §9.1)."""
     x = ((images.detach().float() + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0
     return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
@@ -342,7 +342,7 @@ def render_views(
 
 
 def _prior_poses(gmpi: GMPI, n: int, seed: int, stage: str) -> tuple[Tensor, Tensor]:
-    """(yaw [n], pitch [n]) from the training prior (spec §1.4) with a stage-specific generator."""
+    """(yaw [n], pitch [n]) from the training prior (docs/method.md §1.4) with a stage-specific generator."""
     cam = gmpi.config.camera
     generator = torch.Generator().manual_seed(seed * 1000 + _STAGE_SEED[stage])
     return sample_sphere_poses(
@@ -545,7 +545,7 @@ def _stage_identity(run: _Run) -> _Stage:
             run.details.setdefault("notes", []).append(f"identity: whole-image crops ({e})")
     embedder = build_embedder(opts.embedder, model_path=opts.embedder_model, detector=detector)
     yaw, pitch = _prior_poses(gmpi, 2 * proto.n_identity, proto.seed, "identity")
-    yaw, pitch = yaw.view(-1, 2), pitch.view(-1, 2)  # two independent poses per MPI (spec §9.5)
+    yaw, pitch = yaw.view(-1, 2), pitch.view(-1, 2)  # two independent poses per MPI (docs/method.md §9.5)
     scores: list[float] = []
 
     def pairs() -> Iterator[int]:
@@ -595,8 +595,8 @@ def _pose_estimator(options: EvalOptions, gmpi: GMPI, synthetic: bool) -> Any:
 def _landmark_pose_errors(
     estimator: Any, faces: Sequence[Any], size: int, pitch: Tensor, yaw: Tensor
 ) -> tuple[Tensor, list[str | None]]:
-    """Spec §9.4 with our pipeline as pseudo ground truth: per render, the landmark → PnP pose error vs the
-    render pose (pitch [B], yaw [B]) → (errors [B] float64, NaN without a pose; why each has none)."""
+    """docs/method.md §9.4 with our pipeline as pseudo ground truth: per render, the landmark → PnP pose error
+    vs the render pose (pitch [B], yaw [B]) → (errors [B] float64, NaN without a pose; why each has none)."""
     from gmpi_core.eval.geometry import pose_error
 
     errors = torch.full((len(faces),), math.nan, dtype=torch.float64)
@@ -614,8 +614,8 @@ def _landmark_pose_errors(
 def _write_geometry_files(
     geo: Path, idx: Sequence[int], images: np.ndarray, depth: Tensor, pitch: Tensor, yaw: Tensor, faces: Any
 ) -> None:
-    """The official geometry layout (spec §9.0 steps 6-7): rgb/{i:06d}.png, depth/{i:06d}.npy [H, W, 1],
-    angle/{i:06d}.npy [pitch, yaw], rgb/detections/{i:06d}.txt (5 lines "x<TAB>y")."""
+    """The official geometry layout (docs/method.md §9.0 steps 6-7): rgb/{i:06d}.png, depth/{i:06d}.npy [H, W,
+    1], angle/{i:06d}.npy [pitch, yaw], rgb/detections/{i:06d}.txt (5 lines "x<TAB>y")."""
     for j, i in enumerate(idx):
         _save_png(geo / "rgb" / f"{i:06d}.png", images[j])
         _save_npy(geo / "depth" / f"{i:06d}.npy", depth[j].numpy()[..., None].astype(np.float32))
@@ -729,7 +729,7 @@ def _stage_geometry(run: _Run) -> _Stage:
 
 
 def deep3dface_errors(geo_dir: Path, pitch: Tensor, yaw: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Spec §9.3-§9.4 from Deep3DFaceRecon outputs: per processed image i, the z-scored depth MSE of
+    """docs/method.md §9.3-§9.4 from Deep3DFaceRecon outputs: per processed image i, the z-scored depth MSE of
     ``recon/aligned_depth`` vs ``recon/pred_depth`` over ``recon/pred_mask`` = 1, and the pose error of
     ``recon/coeffs/{i:06d}.mat`` ``angle`` vs (pitch, −yaw, 0) from ``angle/{i:06d}.npy`` (or, when absent,
     this protocol's pose i). Returns (depth errors [K], pose errors [K], info)."""

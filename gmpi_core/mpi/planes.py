@@ -1,4 +1,4 @@
-"""Where the MPI planes sit: depths, world extents and texel coordinates (spec §2).
+"""Where the MPI planes sit: depths, world extents and texel coordinates (docs/method.md §2).
 
 Planes are fronto-parallel world-space rectangles centred on the Z axis, described by (d, h, w) and
 ordered nearest → farthest; the last one is the opaque background.
@@ -35,12 +35,12 @@ __all__ = [
 
 PlaneSpacing = Literal["inverse", "uniform", "log-uniform"]
 _SPACINGS = ("inverse", "uniform", "log-uniform")
-# The official code rejects plane extents beyond this bound (spec §2.3 step 6).
+# The official code rejects plane extents beyond this bound (docs/method.md §2.3 step 6).
 MAX_PLANE_BOUND = 5.0
 
 
 def plane_depths(d_near: float, d_far: float, n: int, method: PlaneSpacing = "inverse") -> Tensor:
-    """Plane depths [N] (float32, nearest first, clamped to [d_near, d_far]) (spec §2.2).
+    """Plane depths [N] (float32, nearest first, clamped to [d_near, d_far]) (docs/method.md §2.2).
 
     ``inverse`` is uniform in disparity: d_i = 1 / (1/d_near − i/(N−1) · (1/d_near − 1/d_far)).
     """
@@ -60,7 +60,7 @@ def plane_depths(d_near: float, d_far: float, n: int, method: PlaneSpacing = "in
 
 
 def _corner_directions(fov_deg: float, dtype: torch.dtype) -> Tensor:
-    """Camera-frame directions [4, 3] through the outer pixel *edges* of a 4×4 camera (spec §2.3 step 1)."""
+    """Camera-frame directions [4, 3] through the outer pixel *edges* of a 4×4 camera (method §2.3 step 1)."""
     t = math.tan(math.radians(fov_deg) / 2.0)  # (0 − W/2)/f = −tan(fov/2) for W = H = 4
     return torch.tensor([[-t, -t, 1.0], [t, -t, 1.0], [-t, t, 1.0], [t, t, 1.0]], dtype=dtype)
 
@@ -78,7 +78,7 @@ def confined_extents(
     enlarge: float = 1.001,
     grid: int = 100,
 ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """((h_c, w_c), (h_bg, w_bg)): the shared extent of planes 0..N−2 and the background's (spec §2.3).
+    """((h_c, w_c), (h_bg, w_bg)): the shared extent of planes 0..N−2 and the background's (method §2.3).
 
     The frustum corners of every pose of a ``grid`` × ``grid`` yaw/pitch grid over mean ± k·σ (plus the mean
     pose) are intersected with z = d_far. The box extent comes from the mean pose alone, the background
@@ -115,7 +115,7 @@ def confined_extents(
 
 
 def plane_dhw(depths: Tensor, box_hw: tuple[float, float], background_hw: tuple[float, float]) -> Tensor:
-    """(d, h, w) [N, 3] per plane: planes 0..N−2 share ``box_hw``, the last is the background (spec §2.3)."""
+    """(d, h, w) [N, 3] per plane: planes 0..N−2 share ``box_hw``, the last is the background (§2.3)."""
     depths = depths.to(torch.float32)
     dhw = torch.empty(depths.shape[0], 3, dtype=torch.float32, device=depths.device)
     dhw[:, 0] = depths
@@ -125,12 +125,12 @@ def plane_dhw(depths: Tensor, box_hw: tuple[float, float], background_hw: tuple[
 
 
 def normalized_depth(depths: Tensor, d_near: float, d_far: float) -> Tensor:
-    """z̃ [N] = (d − d_near)/(d_far − d_near) ∈ [0, 1], the network's plane input (spec §2.4)."""
+    """z̃ [N] = (d − d_near)/(d_far − d_near) ∈ [0, 1], the network's plane input (docs/method.md §2.4)."""
     return (depths - d_near) / (d_far - d_near)
 
 
 def texel_xyz(plane_dhw: Tensor, size: int) -> Tensor:
-    """World coordinates [N, T, T, 3] of the texel centres (align_corners=True) of every plane (spec §2.4).
+    """World coordinates [N, T, T, 3] of the texel centres (align_corners=True) of every plane (method §2.4).
 
     Texel (row j, column k) of plane i is (x, y, z) = ((−1 + 2k/(T−1)) w_i/2, (−1 + 2j/(T−1)) h_i/2, d_i).
     """
@@ -160,7 +160,7 @@ def _extents(camera: CameraConfig) -> tuple[tuple[float, float], tuple[float, fl
 
 
 def plane_layout(camera: CameraConfig, n_planes: int) -> tuple[Tensor, Tensor]:
-    """(plane_dhw [N,3], depth_norm [N]) for ``n_planes`` planes of this camera set-up (spec §2.2-§2.4)."""
+    """(plane_dhw [N,3], depth_norm [N]) for ``n_planes`` planes of this camera set-up (method §2.2-§2.4)."""
     if n_planes < 2:
         raise ValueError(f"an MPI needs at least 2 planes (content + background), got {n_planes}")
     depths = plane_depths(camera.d_near, camera.d_far, n_planes, method=camera.plane_spacing)

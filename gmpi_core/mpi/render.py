@@ -1,4 +1,4 @@
-"""The MPI renderer: ray/plane intersection, bilinear sampling and front-to-back compositing (spec §3).
+"""The MPI renderer: ray/plane intersection, bilinear sampling and front-to-back compositing (method §3).
 
 Two implementations of the same function:
 
@@ -46,9 +46,9 @@ OUT_OF_BOUNDS = ("raise", "clamp", "ignore")
 IMPLS = ("auto", "fused", "reference")
 # A ray "misses" the background plane when |u| or |v| exceeds 1 by more than this (normalised plane
 # coordinates, computed in float64). Poses of the prior stay ≥ 1e-3 inside thanks to the 1.001 enlargement
-# (spec §2.3), so 1e-6 only absorbs rounding of poses that were themselves computed in float32.
+# (docs/method.md §2.3), so 1e-6 only absorbs rounding of poses that were themselves computed in float32.
 RAY_TOLERANCE = 1e-6
-TRANSMITTANCE_EPS = 1e-10  # spec §3.3
+TRANSMITTANCE_EPS = 1e-10  # docs/method.md §3.3
 _CUDA_SPEC = kernels.MPI_RENDER_CUDA
 _CPU_SPEC = kernels.MPI_RENDER_CPU
 
@@ -73,8 +73,8 @@ def plane_homographies(
     """Per-view ray maps A [B, 3, 3] and per-plane texel maps [B, N, 5] of the fused renderer (float64).
 
     With q = A·(x, y, 1) the (unnormalised) world direction of pixel (x, y) and r = (q_x/q_z, q_y/q_z),
-    the ray hits plane i (depth d_i, extent h_i × w_i) at X = e + (d_i − e_z)·q/q_z (spec §3.2), i.e. at the
-    align_corners=True texel coordinate
+    the ray hits plane i (depth d_i, extent h_i × w_i) at X = e + (d_i − e_z)·q/q_z (docs/method.md §3.2),
+    i.e. at the align_corners=True texel coordinate
         ix = (e_x/w_i + 1/2)(T_w − 1) + (d_i − e_z)(T_w − 1)/w_i · r_x,   iy likewise with (e_y, h_i, T_h),
     and at camera z-depth (d_i − e_z)/q_z (q has unit camera-frame z). Rows of maps: (ax, bx, ay, by, dz).
     """
@@ -92,7 +92,7 @@ def plane_homographies(
 
 
 def _view_description(c2w: Tensor, b: int) -> str:
-    """Camera centre and the yaw/pitch of its optical axis (exact for poses on the sphere, spec §1.3)."""
+    """Camera centre and the yaw/pitch of its optical axis (exact for poses on the sphere, method §1.3)."""
     axis, centre = c2w[b, :3, 2], c2w[b, :3, 3]
     yaw = torch.atan2(-axis[0], axis[2]).item()
     pitch = torch.asin(axis[1].clamp(-1, 1)).item()
@@ -189,7 +189,7 @@ def _check_inputs(rgba: Tensor, plane_dhw: Tensor, c2w: Tensor, size: int, out_o
 
 
 def _render_dtype(rgba: Tensor) -> torch.dtype:
-    return torch.float64 if rgba.dtype == torch.float64 else torch.float32  # spec §3: float32, no autocast
+    return torch.float64 if rgba.dtype == torch.float64 else torch.float32  # method §3: float32, no autocast
 
 
 # -- reference -------------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def render_mpi_reference(
 ) -> tuple[Tensor, Tensor]:
     """Render rgba [B, N, 4, T, T] from c2w [B, 4, 4] → (image [B, 3, H, W] in [−1, 1], depth [B, 1, H, W]).
 
-    The literal spec §3: pixel-centre rays, ray/plane intersection, one zero-padded bilinear grid_sample
+    The literal method §3: pixel-centre rays, ray/plane intersection, one zero-padded bilinear grid_sample
     (align_corners=True) over all planes, weights α_i Π_{j<i}(1 − α_j + 1e-10), image 2c − 1, camera z-depth.
     """
     _check_inputs(rgba, plane_dhw, c2w, size, out_of_bounds)
@@ -359,8 +359,8 @@ def render_mpi(
     """Render rgba [B, N, 4, T, T] from c2w [B, 4, 4] → (image [B, 3, H, W] in [−1, 1], depth [B, 1, H, W]).
 
     rgba: not premultiplied, values in [0, 1], plane 0 nearest; one MPI ([1, N, 4, T, T]) may be shared by all
-    views. plane_dhw [N, 3]: (depth, height, width) per plane, the last one the background (spec §2.3).
-    out_of_bounds: what to do with rays that miss the background plane — "raise" RayOutsideMPIError,
+    views. plane_dhw [N, 3]: (depth, height, width) per plane, the last one the background (docs/method.md
+    §2.3). out_of_bounds: what to do with rays that miss the background plane — "raise" RayOutsideMPIError,
     "clamp" the background's sampling coordinates to its border, "ignore" (zero padding: black pixels).
     impl: "fused" kernel (gradients w.r.t. rgba only), "reference", or "auto" = fused when it is available
     and no gradient w.r.t. c2w or plane_dhw is needed.

@@ -1,6 +1,6 @@
 """Alpha heads of the GMPI generator: how each variant turns a block's features into plane alphas.
 
-One small head per variant (spec §4.4); the synthesis network is shared by all of them.
+One small head per variant (docs/method.md §4.4); the synthesis network is shared by all of them.
 
 * ``none`` (vanilla): ``toalpha`` ToRGB(C→N_train) in every block; α_i = σ(2 Σ_r Up(toalpha(x)_i)).
 * ``normalize_add_z`` (paper): ``pos_enc_embed`` (four modulated 1×1 convs) and ``toalpha`` ToRGB(C→1)
@@ -9,9 +9,9 @@ One small head per variant (spec §4.4); the synthesis network is shared by all 
   interpolated in depth for other plane sets.
 * ``depth2alpha``: ``todepth`` ToRGB(C→1) in every block gives one map D; α_i = (clamp(z̃_i − D, ±Δ) + Δ)/(2Δ).
 
-(σ(2t) = (tanh t + 1)/2, spec §4.3.) The heads are stateless: their tensors are registered on the
-synthesis block under the names of the official checkpoints (spec §4.5, §11.4), so pretrained weights
-and EMA lists map one to one.
+(σ(2t) = (tanh t + 1)/2, docs/method.md §4.3.) The heads are stateless: their tensors are registered on the
+synthesis block under the names of the official checkpoints (docs/method.md §4.5, §11.4), so pretrained
+weights and EMA lists map one to one.
 
 Fast path (``normalize_add_z``, ``learnable_param``): ``toalpha`` is a 1×1 modulated convolution
 without demodulation, i.e. linear in its input, and ``e_i`` is constant over the plane, so
@@ -67,12 +67,12 @@ _EPS = 1e-8  # FLOATING_EPS of the official code
 
 
 def to_unit_interval(x: Tensor) -> Tensor:
-    """Final activation ``(tanh x + 1) / 2`` applied to every MPI channel (spec §4.3)."""
+    """Final activation ``(tanh x + 1) / 2`` applied to every MPI channel (docs/method.md §4.3)."""
     return (torch.tanh(x) + 1) / 2
 
 
 def instance_normalize(x: Tensor) -> Tensor:
-    """``(x − μ) / (σ + 1e-8)`` per sample and channel, ``σ = sqrt(Var_unbiased + 1e-8)`` (spec §4.2 step 3).
+    """``(x − μ) / (σ + 1e-8)`` per sample and channel, ``σ = sqrt(Var_unbiased + 1e-8)`` (§4.2 step 3).
 
     ``x`` [B, C, H, W] → [B, C, H, W]; statistics over the H·W pixels.
     """
@@ -81,7 +81,7 @@ def instance_normalize(x: Tensor) -> Tensor:
 
 
 def border_background(x: Tensor, ratio: float = 0.05) -> Tensor:
-    """Background feature map built from the left/right border columns of ``x`` (spec §4.2 step 7).
+    """Background feature map built from the left/right border columns of ``x`` (docs/method.md §4.2 step 7).
 
     ``x`` [B, C, r, r] → [B, C, r, r], no gradient to ``x``. With ``p = max(1, floor(ratio·r))``, columns
     ``[0, p)`` and ``[r−p, r)`` are copied; interior column ``j ∈ [p, r−p)`` is
@@ -100,7 +100,7 @@ def border_background(x: Tensor, ratio: float = 0.05) -> Tensor:
 
 
 def depth_to_alpha(depth: Tensor, plane_depth_norm: Tensor, delta: float) -> Tensor:
-    """``α_i = (clamp(z̃_i − D, −Δ, Δ) + Δ) / (2Δ + 1e-8)`` (spec §4.4, depth2alpha).
+    """``α_i = (clamp(z̃_i − D, −Δ, Δ) + Δ) / (2Δ + 1e-8)`` (docs/method.md §4.4, depth2alpha).
 
     ``depth`` D [B, 1, H, W] in [0, 1], ``plane_depth_norm`` z̃ [N] → α [B, N, H, W] in [0, 1].
     """
@@ -109,7 +109,7 @@ def depth_to_alpha(depth: Tensor, plane_depth_norm: Tensor, delta: float) -> Ten
 
 
 def token_interpolation_weights(source_depth_norm: Tensor, target_depth_norm: Tensor) -> Tensor:
-    """Linear-interpolation weights from S source planes (padded) to N target planes (spec §4.4).
+    """Linear-interpolation weights from S source planes (padded) to N target planes (docs/method.md §4.4).
 
     ``source_depth_norm`` [S] ascending, ``target_depth_norm`` [N] → W [N, S+2] over the padded sources
     ``[−999999, z̃_0, …, z̃_{S−1}, 999999]`` (the tokens are padded with a zero token on the left and a
@@ -157,7 +157,7 @@ class PlaneLogits:
     per_plane: Tensor | None = None
 
     def upsampled(self, resample_filter: Tensor) -> PlaneLogits:
-        """Skip-connection upsampling ``Up₂`` (spec §4.1) applied to every spatial term."""
+        """Skip-connection upsampling ``Up₂`` (docs/method.md §4.1) applied to every spatial term."""
 
         def up(t: Tensor | None) -> Tensor | None:
             return None if t is None else upsample2d(t, resample_filter)
@@ -200,13 +200,13 @@ class PlaneLogits:
 
 
 class DepthEmbedding(nn.Module):
-    """``e(z̃; w)`` (spec §4.2 step 2): four modulated 1×1 convolutions without demodulation on the
+    """``e(z̃; w)`` (docs/method.md §4.2 step 2): four modulated 1×1 convolutions without demodulation on the
     1×1 "image" ``z̃``, widths 1 → C/4 → C/2 → C → C, each
     ``h_ℓ = clamp(√2·lrelu_0.2(W_ℓ (s_ℓ ⊙ h_{ℓ−1}) + b_ℓ), ±conv_clamp)``, ``s_ℓ = affine_ℓ(w)/sqrt(in_ℓ)``.
 
     Names and registration order are the official ``ToRGBLayerDeeperModulatedConv``'s (``affine1``,
     ``weight1``, ``bias1``, ``affine2``, …), so the ``state_dict`` reads ``weight1, bias1, …, weight4,
-    bias4, affine1.*, …, affine4.*`` (spec §4.5, §11.4).
+    bias4, affine1.*, …, affine4.*`` (docs/method.md §4.5, §11.4).
     """
 
     def __init__(self, channels: int, w_dim: int, conv_clamp: float | None = 256) -> None:
@@ -251,12 +251,12 @@ def _submodule(block: nn.Module, name: str, kind: type[_M]) -> _M:
 
 
 def _fused_modconv(block: nn.Module, x: Tensor) -> bool:
-    """SG2's rule: one grouped convolution iff not training and (fp32 or batch 1) (spec §4.1)."""
+    """SG2's rule: one grouped convolution iff not training and (fp32 or batch 1) (docs/method.md §4.1)."""
     return not block.training and (x.dtype == torch.float32 or x.shape[0] == 1)
 
 
 class AlphaHead(ABC):
-    """One variant's alpha mechanism (spec §4.4). Stateless; its tensors live in the synthesis blocks.
+    """One variant's alpha mechanism (method §4.4). Stateless; its tensors live in the synthesis blocks.
 
     ``attach_embedding`` runs before a block creates ``const``/``conv0`` and ``attach_alpha_layer``
     after ``torgb``, reproducing the official registration (hence ``state_dict``) order.
@@ -309,7 +309,7 @@ class AlphaHead(ABC):
 
 
 class VanillaAlphaHead(AlphaHead):
-    """``none``: ``toalpha`` ToRGB(C → N_train) on the raw features of every block (spec §4.4)."""
+    """``none``: ``toalpha`` ToRGB(C → N_train) on the raw features of every block (docs/method.md §4.4)."""
 
     name = "none"
     generates_background_alpha = True
@@ -347,7 +347,7 @@ class VanillaAlphaHead(AlphaHead):
 
 class Depth2AlphaHead(AlphaHead):
     """``depth2alpha``: one depth map D per pixel from ``todepth`` ToRGB(C → 1) in every block, alpha
-    from the distance of each plane to D (spec §4.4), Δ = z_range / n_z_bins."""
+    from the distance of each plane to D (docs/method.md §4.4), Δ = z_range / n_z_bins."""
 
     name = "depth2alpha"
     generates_background_alpha = True
@@ -383,7 +383,7 @@ class Depth2AlphaHead(AlphaHead):
 
 class _NormalizeAddHead(AlphaHead):
     """Shared part of ``normalize_add_z`` and ``learnable_param``: ``toalpha(IN(x) + e_i; w_rgb)`` for
-    blocks r ≤ ``alpha_largest_res`` (spec §4.2 steps 3-5); subclasses define ``e``."""
+    blocks r ≤ ``alpha_largest_res`` (docs/method.md §4.2 steps 3-5); subclasses define ``e``."""
 
     conditions_features = True
 
@@ -415,7 +415,7 @@ class _NormalizeAddHead(AlphaHead):
         x_hat = instance_normalize(x.float())  # fp32 statistics: clamped fp16 activations overflow x²
         e = self.embedding(block, plane_depth_norm, w_embed).float()  # [B|1, N, C]
         if not factorised:
-            # Spec §4.2 steps 4-5 as written: [B·N, C, r, r] plane-fastest, styles repeated per plane.
+            # method §4.2 steps 4-5 as written: [B·N, C, r, r] plane-fastest, styles repeated per plane.
             batch, channels, height, width = x.shape
             n_planes = e.shape[1]
             u = x_hat[:, None] + e.expand(batch, -1, -1)[..., None, None]  # [B, N, C, r, r]
@@ -458,7 +458,7 @@ class DepthEmbeddingAlphaHead(_NormalizeAddHead):
 
 class LearnedTokenAlphaHead(_NormalizeAddHead):
     """``learnable_param``: ``e`` = learned tokens ``[1, n_tokens, C, 1, 1]`` (U[0,1) init) per block,
-    linearly interpolated in depth for other planes (spec §4.4).
+    linearly interpolated in depth for other planes (docs/method.md §4.4).
 
     ``token_depth_norm`` are the z̃ of the training planes the tokens belong to; without them the
     tokens are used as they are, which needs exactly ``n_tokens`` planes.
@@ -519,7 +519,7 @@ def make_alpha_head(
     depth2alpha_n_z_bins: int = 256,
     train_plane_depth_norm: Sequence[float] | None = None,
 ) -> AlphaHead:
-    """The head of variant ``name`` (one of :data:`ALPHA_HEADS`, spec §4.4)."""
+    """The head of variant ``name`` (one of :data:`ALPHA_HEADS`, docs/method.md §4.4)."""
     if name == "none":
         return VanillaAlphaHead(n_train_planes)
     if name == "normalize_add_z":

@@ -1,4 +1,4 @@
-"""StyleGAN2 resnet discriminator, optionally pose-conditioned as in GMPI (spec §5, §11.4).
+"""StyleGAN2 resnet discriminator, optionally pose-conditioned as in GMPI (docs/method.md §5, §11.4).
 
 ``c_dim = 16`` gives GMPI's discriminator: the flattened 4×4 world-to-camera matrix is embedded by an
 ordinary ``torch.nn.Linear(16, cmap_dim)`` (PyTorch default init, not equalised), normalised to unit
@@ -35,7 +35,7 @@ def _compute_dtype(use_fp16: bool, force_fp32: bool, ref: Tensor) -> torch.dtype
 
 
 class DiscriminatorBlock(nn.Module):
-    """Resnet block r → r/2 (spec §5): ``out = skip(x)·√½ + conv1↓(conv0(x))·√½``.
+    """Resnet block r → r/2 (docs/method.md §5): ``out = skip(x)·√½ + conv1↓(conv0(x))·√½``.
 
     The first block (``in_channels == 0``) reads the image through a 1×1 ``fromrgb``. ``conv1`` and
     ``skip`` downsample 2× with the FIR ``resample_filter``; ``skip`` has no bias and no clamp.
@@ -120,7 +120,7 @@ class DiscriminatorBlock(nn.Module):
 
 
 class MinibatchStdLayer(nn.Module):
-    """Appends ``num_channels`` channels of the minibatch standard deviation (spec §5).
+    """Appends ``num_channels`` channels of the minibatch standard deviation (docs/method.md §5).
 
     Samples ``i = g·n + j`` (g < G) form group j; per group and channel slice f the appended value is
     ``mean_{c,h,w} sqrt(Var_g(x) + 1e-8)`` (population variance). With G = 1 it is the constant 1e-4.
@@ -161,7 +161,7 @@ class MinibatchStdLayer(nn.Module):
 
 
 class DiscriminatorEpilogue(nn.Module):
-    """The 4×4 head ``b4`` (spec §5): mbstd → conv 3×3 → fc → out, then the optional projection
+    """The 4×4 head ``b4`` (docs/method.md §5): mbstd → conv 3×3 → fc → out, then the optional projection
     ``logit = Σ_k out_k m_k / sqrt(cmap_dim)``. Always fp32.
     """
 
@@ -217,11 +217,11 @@ class DiscriminatorEpilogue(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """StyleGAN2 resnet discriminator D(img, c) → logits [B, 1] (spec §5).
+    """StyleGAN2 resnet discriminator D(img, c) → logits [B, 1] (docs/method.md §5).
 
     Blocks ``b{R}`` … ``b8`` with C_r = min(channel_base // r, channel_max), then the pose ``mapping``
     (only when ``c_dim > 0``), then the epilogue ``b4`` — this registration order is SG2's and fixes the
-    positional order of optimizer states (spec §11.4).
+    positional order of optimizer states (docs/method.md §11.4).
     """
 
     def __init__(
@@ -279,7 +279,7 @@ class Discriminator(nn.Module):
             )
             setattr(self, f"b{r}", block)
         if c_dim > 0:
-            self.mapping = nn.Linear(c_dim, self.cmap_dim)  # GMPI: plain Linear, default init (spec §5)
+            self.mapping = nn.Linear(c_dim, self.cmap_dim)  # GMPI: plain Linear, default init (method §5)
         self.b4 = DiscriminatorEpilogue(
             channels[4],
             cmap_dim=self.cmap_dim,
@@ -308,7 +308,7 @@ class Discriminator(nn.Module):
         return cls(**cfg)
 
     def cmap(self, c: Tensor) -> Tensor:
-        """Pose embedding m = norm2(Linear(c)): ``c`` [B, c_dim] → [B, cmap_dim] (spec §5)."""
+        """Pose embedding m = norm2(Linear(c)): ``c`` [B, c_dim] → [B, cmap_dim] (docs/method.md §5)."""
         return normalize_2nd_moment(self.mapping(c.to(self.mapping.weight.dtype)))
 
     def forward(self, img: Tensor, c: Tensor | None = None, force_fp32: bool = False) -> Tensor:

@@ -1,6 +1,6 @@
-"""Generators: the plain 2D StyleGAN2 generator and the GMPI generator (spec §4).
+"""Generators: the plain 2D StyleGAN2 generator and the GMPI generator (docs/method.md §4).
 
-Both register ``synthesis`` before ``mapping`` (spec §11.4), so their ``state_dict`` order is the
+Both register ``synthesis`` before ``mapping`` (docs/method.md §11.4), so their ``state_dict`` order is the
 official one and pretrained StyleGAN2 ``G_ema`` weights load by name into either.
 """
 
@@ -19,7 +19,7 @@ __all__ = ["GMPIGenerator", "StyleGAN2Generator"]
 
 
 class StyleGAN2Generator(nn.Module):
-    """StyleGAN2-ADA generator: ``img = synthesis(mapping(z, c))`` (spec §4.1), raw output ≈ [−1, 1]."""
+    """StyleGAN2-ADA generator: ``img = synthesis(mapping(z, c))`` (method §4.1), raw output ≈ [−1, 1]."""
 
     def __init__(
         self,
@@ -73,7 +73,7 @@ class StyleGAN2Generator(nn.Module):
 
 
 class GMPIGenerator(nn.Module):
-    """Generative multiplane images (spec §4): StyleGAN2 plus one alpha head (spec §4.4).
+    """Generative multiplane images (docs/method.md §4): StyleGAN2 plus one alpha head (docs/method.md §4.4).
 
     ``alpha_head``: ``"normalize_add_z"`` (paper), ``"none"`` (vanilla, fixed ``n_train_planes``),
     ``"learnable_param"`` (learned tokens; ``train_plane_depth_norm`` = the training planes' z̃, needed
@@ -165,7 +165,7 @@ class GMPIGenerator(nn.Module):
         background_alpha_full: bool = True,
         impl: str = "fast",
     ) -> Tensor:
-        """z [B, z_dim], z̃ [N] (nearest first) → MPI [B, N, 4, R, R] in [0, 1] (spec §4.3)."""
+        """z [B, z_dim], z̃ [N] (nearest first) → MPI [B, N, 4, R, R] in [0, 1] (docs/method.md §4.3)."""
         ws = self.mapping(z, c, truncation_psi=truncation_psi)
         return self.synthesis(
             ws,

@@ -1,12 +1,12 @@
-"""StyleGAN2-ADA building blocks with SG2-compatible parameter and buffer names (spec §4.1, §11.4).
+"""StyleGAN2-ADA building blocks with SG2-compatible parameter and buffer names (docs/method.md §4.1, §11.4).
 
 Every layer uses the equalised learning rate: weights are stored as N(0, 1) samples (divided by the
 learning-rate multiplier) and scaled by a constant gain at run time, so that pretrained StyleGAN2-ADA
 ``state_dict``s load by name. Registration order of parameters and buffers follows SG2, because
-optimizer and EMA states of the original are positional (spec §11.4).
+optimizer and EMA states of the original are positional (docs/method.md §11.4).
 
-Precision (spec §4.1): the layers run in whatever dtype their input has. When activations are fp16 and
-the convolution demodulates, :func:`modulated_conv2d` pre-normalises weights and styles to avoid fp16
+Precision (docs/method.md §4.1): the layers run in whatever dtype their input has. When activations are fp16
+and the convolution demodulates, :func:`modulated_conv2d` pre-normalises weights and styles to avoid fp16
 overflow; ``conv_clamp`` clamps every output (after activation and gain) to ±``conv_clamp``·gain.
 """
 
@@ -39,12 +39,12 @@ NOISE_MODES = ("random", "const", "none")
 
 
 def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
-    """``x / sqrt(mean_dim(x²) + eps)`` (spec §4.1)."""
+    """``x / sqrt(mean_dim(x²) + eps)`` (docs/method.md §4.1)."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
 def activation_gain(activation: str) -> float:
-    """The default output gain of an activation (√2 for lrelu/relu, 1 for linear) (spec §4.1)."""
+    """The default output gain of an activation (√2 for lrelu/relu, 1 for linear) (docs/method.md §4.1)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[activation].default_gain
@@ -63,7 +63,7 @@ def _check_resolution_args(name: str, **values: int) -> None:
 
 
 class FullyConnectedLayer(nn.Module):
-    """``y = act(x (g_w W)ᵀ + g_b b)`` with ``g_w = lr/sqrt(in)``, ``g_b = lr`` (spec §4.1).
+    """``y = act(x (g_w W)ᵀ + g_b b)`` with ``g_w = lr/sqrt(in)``, ``g_b = lr`` (docs/method.md §4.1).
 
     Parameters: ``weight`` [out, in] initialised N(0, 1)/lr, ``bias`` [out] initialised ``bias_init``.
     """
@@ -121,7 +121,7 @@ def modulated_conv2d(
     flip_weight: bool = True,
     fused_modconv: bool = True,
 ) -> Tensor:
-    """Style-modulated convolution (spec §4.1): ``W'_{b,o,i,k} = W_{o,i,k} s_{b,i}``, optionally
+    """Style-modulated convolution (docs/method.md §4.1): ``W'_{b,o,i,k} = W_{o,i,k} s_{b,i}``, optionally
     demodulated by ``δ_{b,o} = (Σ_{i,k} W'² + 1e-8)^{-1/2}``, then ``conv(x, W') [+ noise]``.
 
     ``x`` [B, Cin, H, W], ``weight`` [Cout, Cin, kh, kw], ``styles`` [B, Cin], ``noise`` broadcastable
@@ -139,7 +139,7 @@ def modulated_conv2d(
             f"modulated_conv2d: styles must be [B={batch}, Cin={in_channels}], got {tuple(styles.shape)}"
         )
 
-    if x.dtype == torch.float16 and demodulate:  # spec §4.1: avoid fp16 overflow
+    if x.dtype == torch.float16 and demodulate:  # docs/method.md §4.1: avoid fp16 overflow
         weight = weight * (
             1 / math.sqrt(in_channels * kh * kw) / weight.abs().amax(dim=[1, 2, 3], keepdim=True)
         )
@@ -193,7 +193,7 @@ def modulated_conv2d(
 
 
 class SynthesisLayer(nn.Module):
-    """Modulated 3×3 convolution (optionally 2× up) + noise + bias + activation + clamp (spec §4.1).
+    """Modulated 3×3 convolution (optionally 2× up) + noise + bias + activation + clamp (docs/method.md §4.1).
 
     ``y = clamp(act(modconv(x, W, affine(w)) + γ·n + b)·gain_act·gain, ±conv_clamp·gain)`` with
     ``n`` ~ N(0, 1) of shape [B, 1, r, r] (``noise_mode='random'``), ``noise_const`` (``'const'``) or
@@ -284,7 +284,7 @@ class SynthesisLayer(nn.Module):
 
 
 class ToRGBLayer(nn.Module):
-    """Modulated k×k convolution without demodulation + bias + clamp, linear (spec §4.1).
+    """Modulated k×k convolution without demodulation + bias + clamp, linear (docs/method.md §4.1).
 
     ``y = clamp(conv(x, W ⊙ s) + b, ±conv_clamp)`` with ``s = affine(w) / sqrt(Cin·k²)``.
     """
@@ -336,11 +336,11 @@ class ToRGBLayer(nn.Module):
 
 
 class Conv2dLayer(nn.Module):
-    """Equalised-lr convolution with optional FIR up/down-sampling, bias, activation, clamp (spec §5).
+    """Equalised-lr convolution with optional FIR up/down-sampling, bias, activation, clamp (method §5).
 
     ``y = clamp(act(conv(x, W/sqrt(Cin·k²)) + b)·gain_act·gain, ±conv_clamp·gain)``. The
     ``resample_filter`` buffer is registered even without resampling, as in SG2, so checkpoints load
-    by name (spec §11.4 lists it on ``fromrgb``). ``trainable=False`` stores weight/bias as buffers.
+    by name (docs/method.md §11.4 lists it on ``fromrgb``). ``trainable=False`` stores weight/bias as buffers.
     """
 
     resample_filter: Tensor

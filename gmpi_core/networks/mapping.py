@@ -1,7 +1,7 @@
-"""StyleGAN2 mapping network z (+ c) → w with the running mean ``w_avg`` and truncation (spec §4.1).
+"""StyleGAN2 mapping network z (+ c) → w with the running mean ``w_avg`` and truncation (docs/method.md §4.1).
 
 Parameter names follow SG2-ADA (``embed``, ``fc0`` … ``fc{L-1}``, buffer ``w_avg``) so pretrained
-``G_ema.mapping`` weights load by name (spec §11.4).
+``G_ema.mapping`` weights load by name (docs/method.md §11.4).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["MappingNetwork"]
 
 
 class MappingNetwork(nn.Module):
-    """``w = FC_L ∘ … ∘ FC_1(norm2(z) ‖ norm2(embed(c)))`` broadcast to ``num_ws`` copies (spec §4.1).
+    """``w = FC_L ∘ … ∘ FC_1(norm2(z) ‖ norm2(embed(c)))`` broadcast to ``num_ws`` copies (method §4.1).
 
     In every forward with ``update_w_avg`` (default: ``self.training``) the running mean is updated as
     ``w̄ ← β w̄ + (1-β) mean_B(w)`` with β = ``w_avg_beta``. Truncation: ``w ← w̄ + ψ (w - w̄)`` on the
@@ -91,7 +91,7 @@ class MappingNetwork(nn.Module):
         if update_w_avg is None:
             update_w_avg = self.training
         if update_w_avg and self.w_avg_beta is not None:
-            # w̄ ← β w̄ + (1-β) mean_B(w)  (spec §4.1); lerp(a, b, t) = a + t (b - a)
+            # w̄ ← β w̄ + (1-β) mean_B(w)  (docs/method.md §4.1); lerp(a, b, t) = a + t (b - a)
             self.w_avg.copy_(torch.lerp(x.detach().mean(dim=0), self.w_avg, self.w_avg_beta))
 
         if self.num_ws is not None:

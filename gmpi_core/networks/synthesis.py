@@ -1,9 +1,9 @@
-"""StyleGAN2 synthesis network (spec §4.1) and its GMPI extension producing an MPI (spec §4.2-4.4).
+"""StyleGAN2 synthesis network (method §4.1) and its GMPI extension producing an MPI (method §4.2-4.4).
 
-Names follow SG2-ADA / the official GMPI checkpoints (spec §11.4): blocks ``b4 … b{R}``, each with
+Names follow SG2-ADA / the official GMPI checkpoints (docs/method.md §11.4): blocks ``b4 … b{R}``, each with
 ``const`` (b4 only), buffer ``resample_filter``, ``conv0`` (r > 4), ``conv1``, ``torgb``; the GMPI
 alpha head adds its embedding (e.g. ``pos_enc_embed``) before the convolutions and its alpha layer
-(e.g. ``toalpha``) after ``torgb`` (spec §4.5).
+(e.g. ``toalpha``) after ``torgb`` (docs/method.md §4.5).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ IMPLS = ("fast", "reference")
 
 
 class SynthesisBlock(nn.Module):
-    """One resolution of the skip-architecture generator (spec §4.1).
+    """One resolution of the skip-architecture generator (docs/method.md §4.1).
 
     b4: learned ``const`` [C, 4, 4] → ``conv1``; other blocks: ``conv0`` (2× up) → ``conv1``. One
     ``torgb`` per block. ``ws`` [B, num_conv + 1, w_dim]: conv latents, then the ToRGB latent (shared by
-    the alpha head, spec §4.1). Runs in fp16 when ``use_fp16`` and on CUDA; CPU always runs fp32.
+    the alpha head, docs/method.md §4.1). Runs in fp16 when ``use_fp16`` and on CUDA; CPU always runs fp32.
     """
 
     resample_filter: Tensor
@@ -58,7 +58,7 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
 
-        # Registration order = official state_dict order (spec §11.4): const, resample_filter,
+        # Registration order = official state_dict order (docs/method.md §11.4): const, resample_filter,
         # embedding, conv0, conv1, torgb, alpha layer.
         self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
         if alpha_head is not None and self.has_alpha:
@@ -84,12 +84,12 @@ class SynthesisBlock(nn.Module):
             alpha_head.attach_alpha_layer(self, out_channels, w_dim, conv_clamp)
 
     def compute_dtype(self, device: torch.device, force_fp32: bool = False) -> torch.dtype:
-        """fp16 for fp16 blocks on CUDA, else fp32 (spec §4.1)."""
+        """fp16 for fp16 blocks on CUDA, else fp32 (docs/method.md §4.1)."""
         use_fp16 = self.use_fp16 and not force_fp32 and device.type == "cuda"
         return torch.float16 if use_fp16 else torch.float32
 
     def fused_modconv(self, x: Tensor) -> bool:
-        """SG2's rule: fused iff not training and (fp32 or batch 1) (spec §4.1)."""
+        """SG2's rule: fused iff not training and (fp32 or batch 1) (docs/method.md §4.1)."""
         return not self.training and (x.dtype == torch.float32 or x.shape[0] == 1)
 
     def features(
@@ -113,17 +113,17 @@ class SynthesisBlock(nn.Module):
         return self.conv1(x, ws[:, 1], noise_mode=noise_mode, fused_modconv=fused)
 
     def rgb(self, x: Tensor, w_rgb: Tensor) -> Tensor:
-        """StyleGAN2's ToRGB (spec §4.1): [B, C, r, r] → [B, img_channels, r, r] float32."""
+        """StyleGAN2's ToRGB (docs/method.md §4.1): [B, C, r, r] → [B, img_channels, r, r] float32."""
         return self.torgb(x, w_rgb, fused_modconv=self.fused_modconv(x)).float()
 
     def background_rgb(self, x: Tensor, w_rgb: Tensor) -> Tensor:
-        """The same ToRGB on the detached border-interpolated features (spec §4.2 step 7), float32."""
+        """The same ToRGB on the detached border-interpolated features (method §4.2 step 7), float32."""
         return self.rgb(border_background(x), w_rgb)
 
     def alpha_logits(
         self, x: Tensor, ws: Tensor, plane_depth_norm: Tensor, factorised: bool = True
     ) -> PlaneLogits:
-        """This block's alpha contribution (spec §4.2 steps 2-5); empty above ``alpha_largest_res``."""
+        """This block's alpha contribution (method §4.2 steps 2-5); empty above ``alpha_largest_res``."""
         if self.alpha_head is None or not self.has_alpha:
             return PlaneLogits()
         w_embed, w_rgb = ws[:, self.num_conv - 1], ws[:, self.num_conv]
@@ -137,7 +137,7 @@ class SynthesisBlock(nn.Module):
         noise_mode: str = "random",
         force_fp32: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """StyleGAN2 step: ``img_r = Up₂(img_{r/2}) + ToRGB(x_r)`` (spec §4.1). Returns (x, img fp32)."""
+        """StyleGAN2 step: ``img_r = Up₂(img_{r/2}) + ToRGB(x_r)`` (method §4.1). Returns (x, img fp32)."""
         x = self.features(x, ws, noise_mode, force_fp32)
         y = self.rgb(x, ws[:, self.num_conv])
         return x, y if img is None else upsample2d(img, self.resample_filter) + y
@@ -152,12 +152,12 @@ class SynthesisBlock(nn.Module):
 
 
 def block_channels(resolution: int, channel_base: int, channel_max: int) -> int:
-    """C_r = min(channel_base / r, channel_max) (spec §4.1)."""
+    """C_r = min(channel_base / r, channel_max) (docs/method.md §4.1)."""
     return min(channel_base // resolution, channel_max)
 
 
 class SynthesisNetwork(nn.Module):
-    """StyleGAN2 synthesis network, skip architecture (spec §4.1): blocks ``b4 … b{R}``.
+    """StyleGAN2 synthesis network, skip architecture (docs/method.md §4.1): blocks ``b4 … b{R}``.
 
     Block k consumes ``ws[:, 2k-1 … 2k+1]`` (overlapping by one); ``num_ws = 2·log2(R) − 2``. Blocks with
     ``r ≥ max(2^(log2 R + 1 − num_fp16_res), 8)`` run in fp16 on CUDA. ``forward`` returns the raw
@@ -203,7 +203,7 @@ class SynthesisNetwork(nn.Module):
         return [getattr(self, f"b{res}") for res in self.block_resolutions]
 
     def split_ws(self, ws: Tensor) -> list[Tensor]:
-        """ws [B, num_ws, w_dim] → per block [B, num_conv + 1, w_dim], overlapping by one (spec §4.1)."""
+        """ws [B, num_ws, w_dim] → per block [B, num_conv + 1, w_dim], overlapping by one (method §4.1)."""
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"synthesis expects ws [B, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
         ws = ws.to(torch.float32)
@@ -230,7 +230,7 @@ class SynthesisNetwork(nn.Module):
 def assemble_mpi(
     rgb: Tensor, background: Tensor, alpha: Tensor, background_alpha_full: bool = True
 ) -> Tensor:
-    """MPI from its parts (spec §4.2 step 8, §4.3): planes 0..N−2 carry ``rgb``, plane N−1 ``background``.
+    """MPI from its parts (method §4.2 step 8, §4.3): planes 0..N−2 carry ``rgb``, plane N−1 ``background``.
 
     ``rgb``, ``background`` [B, 3, R, R], ``alpha`` [B, N, R, R] → [B, N, 4, R, R]; with
     ``background_alpha_full`` the last plane's alpha is 1.
@@ -246,13 +246,13 @@ def assemble_mpi(
 
 
 class MPISynthesisNetwork(SynthesisNetwork):
-    """The GMPI synthesis network: StyleGAN2's blocks plus one alpha head (spec §4.2-4.4).
+    """The GMPI synthesis network: StyleGAN2's blocks plus one alpha head (docs/method.md §4.2-4.4).
 
     ``forward(ws, plane_depth_norm)`` returns the MPI [B, N, 4, R, R] in [0, 1]; ``image(ws)`` is the
     unchanged StyleGAN2 path. ``impl="fast"`` keeps the alpha logits factorised (see
     :mod:`gmpi_core.networks.alpha`) and accumulates RGB and background once; ``impl="reference"``
     computes every plane's alpha from its own ``[B·N, C, r, r]`` features and skip-accumulates the
-    full ``[B, 4N, r, r]`` tensor (spec §4.2 step 8). Both agree to float rounding.
+    full ``[B, 4N, r, r]`` tensor (docs/method.md §4.2 step 8). Both agree to float rounding.
     """
 
     def __init__(
@@ -286,7 +286,7 @@ class MPISynthesisNetwork(SynthesisNetwork):
         impl: str = "fast",
         force_fp32: bool = False,
     ) -> Tensor:
-        """ws [B, num_ws, w_dim], z̃ [N] (nearest first, spec §2.4) → MPI [B, N, 4, R, R] in [0, 1]."""
+        """ws [B, num_ws, w_dim], z̃ [N] (nearest first, method §2.4) → MPI [B, N, 4, R, R] in [0, 1]."""
         if impl not in IMPLS:
             raise ValueError(f"unknown impl '{impl}'; choose one of {IMPLS}")
         if plane_depth_norm.ndim != 1 or plane_depth_norm.numel() < 1:
@@ -326,7 +326,7 @@ class MPISynthesisNetwork(SynthesisNetwork):
         background_alpha_full: bool,
         force_fp32: bool,
     ) -> Tensor:
-        """Spec §4.2 step 8 and §4.3 as written: y_r [B, 4N, r, r] per block, img = Up₂(img) + y_r."""
+        """method §4.2 step 8 and §4.3 as written: y_r [B, 4N, r, r] per block, img = Up₂(img) + y_r."""
         n_planes = plane_depth_norm.numel()
         x: Tensor | None = None
         img: Tensor | None = None

@@ -1,1 +1,1 @@
-"""Low-level ops: reference PyTorch implementations plus optional fused C++/CUDA kernels (spec §11.5)."""
+"""Low-level ops: reference PyTorch implementations plus optional fused C++/CUDA kernels (method §11.5)."""

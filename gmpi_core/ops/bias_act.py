@@ -1,4 +1,4 @@
-"""Fused bias + activation + gain + clamp (spec §4.1, §11.5).
+"""Fused bias + activation + gain + clamp (docs/method.md §4.1, §11.5).
 
     y = clamp(act(x + b, alpha) * gain, -clamp, clamp)
 

@@ -1,4 +1,4 @@
-"""2-D convolution with optional FIR up/downsampling, StyleGAN2 semantics (spec §4.1, §11.5).
+"""2-D convolution with optional FIR up/downsampling, StyleGAN2 semantics (docs/method.md §4.1, §11.5).
 
 Meaning (what every path below computes, up to float rounding), with ``P`` the user padding plus the
 ``upsample2d``/``downsample2d`` padding rule for the filter size (fw, fh):

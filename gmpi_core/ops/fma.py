@@ -1,4 +1,4 @@
-"""Fused multiply-add ``a * b + c`` with a broadcasting-aware backward (spec §11.5).
+"""Fused multiply-add ``a * b + c`` with a broadcasting-aware backward (docs/method.md §11.5).
 
 ``torch.addcmul`` computes the forward in one kernel; the backward reduces each gradient back to the
 shape of its (possibly broadcast) operand so that ``a``, ``b`` and ``c`` may have any mutually

@@ -1,4 +1,4 @@
-"""Upsample, FIR-filter, downsample in one op — StyleGAN2's resampling primitive (spec §4.1, §11.5).
+"""Upsample, FIR-filter, downsample in one op — StyleGAN2's resampling primitive (docs/method.md §4.1, §11.5).
 
 ``upfirdn2d`` on every channel of ``x`` [B, C, H, W]:
     1. upsample by zero insertion: x_up[n·up] = x[n], other samples 0 (length H·up, trailing zeros);

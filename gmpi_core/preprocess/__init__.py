@@ -1,1 +1,1 @@
-"""Dataset preprocessing: facial landmarks (MTCNN) and head poses (spec §8)."""
+"""Dataset preprocessing: facial landmarks (MTCNN) and head poses (docs/method.md §8)."""

@@ -1,4 +1,4 @@
-"""``gmpi prep landmarks``: 5 facial landmarks per image with MTCNN, in the official layout (spec §8.1).
+"""``gmpi prep landmarks``: 5 facial landmarks per image with MTCNN, in the official layout (method §8.1).
 
     gmpi prep landmarks --input ffhq256x256.zip --out runtime_dataset/mtcnn_ffhq_256
     gmpi prep landmarks --input metfaces1024x1024_xflip --out runtime_dataset/mtcnn_metfaces --xflip
@@ -18,7 +18,7 @@ with ``gmpi_core.data.datasets.ImageSource``. The run is resumable: an image wit
 whose failure is already in the log, is skipped (``--retry-failed`` retries the failures). Each result is
 written atomically; an unreadable image is logged and listed, never stops the run. ``--xflip`` (MetFaces,
 folders only) first writes a mirrored copy ``<stem>_xflip.png`` beside every original that has none,
-then detects on all images — originals and copies (spec §8.1, §7).
+then detects on all images — originals and copies (docs/method.md §8.1, §7).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ DetectFn = Callable[[Sequence[np.ndarray]], list[Detection | None]]
 
 def landmark_text(landmarks: np.ndarray) -> str:
     """The result file's text: one ``"x\\ty\\n"`` line per landmark [5, 2], truncated toward zero with
-    ``int()`` as the original script does (spec §8.1)."""
+    ``int()`` as the original script does (docs/method.md §8.1)."""
     return "".join(f"{int(x)}\t{int(y)}\n" for x, y in np.asarray(landmarks, dtype=np.float64))
 
 
@@ -95,7 +95,7 @@ def _safe_member(member: str) -> bool:
 
 def write_xflip_copies(folder: str | os.PathLike[str], progress: bool = False) -> tuple[int, list[str]]:
     """Write ``<stem>_xflip.png`` (left-right mirror) beside every image of ``folder`` that is not itself a
-    copy and has none yet (spec §8.1, MetFaces). → (number written, "<file>: <reason>" for unreadable)."""
+    copy and has none yet (method §8.1, MetFaces). → (number written, "<file>: <reason>" for unreadable)."""
     from tqdm.auto import tqdm
 
     root = Path(folder)
@@ -281,7 +281,7 @@ def run_landmarks(
                 fails.flush()
                 bar.update(len(outcomes))
                 bar.set_postfix(failed=counts["no_face"] + counts["unreadable"])
-        # the final list: every image without a result, sorted; "\n" alone when none failed (spec §8.1)
+        # the final list: every image without a result, sorted; "\n" alone when none failed (method §8.1)
         failed_names = [m for m in source.names if not result_path(results_dir, m).is_file()]
         summary = {
             "images": len(source.names),
@@ -305,7 +305,7 @@ def run_landmarks(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gmpi prep landmarks",
-        description="5 facial landmarks per image with MTCNN, in the official GMPI layout (spec §8.1).\n"
+        description="5 facial landmarks per image with MTCNN, in the official GMPI layout (method §8.1).\n"
         "MTCNN finds faces of 20 px or more (min_face_size): for the synthetic heads use 64² images or\n"
         "larger (at 32² a head is ~16 px wide and about one in five of them is missed).",
         epilog=__doc__,

@@ -1,4 +1,4 @@
-"""MTCNN face detector with 5-point landmarks (Zhang et al. 2016), the detector of spec §8.1.
+"""MTCNN face detector with 5-point landmarks (Zhang et al. 2016), the detector of docs/method.md §8.1.
 
 Three cascaded networks — P-Net (fully convolutional 12×12 proposals over an image pyramid), R-Net
 (24×24 refinement) and O-Net (48×48 output with landmarks) — with the trained weights shipped inside the

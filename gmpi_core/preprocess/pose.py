@@ -1,18 +1,18 @@
 """Offline head pose: robust PnP against a 3D mean face, written as Deep3DFaceRecon files.
 
 GMPI conditions its discriminator on the camera of every real image, which the official pipeline gets from
-Deep3DFaceRecon's ResNet-50 (spec §8.2, needs the Basel Face Model and a checkpoint). This module replaces
-it by a pose solver that needs nothing but the five MTCNN landmarks, and writes the same ``.mat`` files, so
-training reads them unchanged (``gmpi_core.data.poses.Deep3DFacePoses``, spec §1.6).
+Deep3DFaceRecon's ResNet-50 (docs/method.md §8.2, needs the Basel Face Model and a checkpoint). This module
+replaces it by a pose solver that needs nothing but the five MTCNN landmarks, and writes the same ``.mat``
+files, so training reads them unchanged (``gmpi_core.data.poses.Deep3DFacePoses``, docs/method.md §1.6).
 
-**Model.** Deep3DFace's (spec §1.2, §1.6, ``models/bfm.py``): a face point X (template frame: +Y up, +Z
-toward the camera, decimetres; ``gmpi_core.preprocess.template``) is posed as X_w = R(angle)·X + trans with
+**Model.** Deep3DFace's (docs/method.md §1.2, §1.6, ``models/bfm.py``): a face point X (template frame: +Y up,
++Z toward the camera, decimetres; ``gmpi_core.preprocess.template``) is posed as X_w = R(angle)·X + trans with
 R = R_z(a₂)R_y(a₁)R_x(a₀), and seen by a pinhole 10 units up the +Z axis looking down −Z. In OpenCV camera
 axes (+X right, +Y down, +Z forward) that is P = F·X_w + 10ẑ, F = diag(1, −1, −1), and the landmark is
 u = f·P_x/P_z + c_x, v = f·P_y/P_z + c_y in pixel-edge coordinates (origin at the image's top-left corner,
-pixel centres at +0.5, spec §1.2). ``deep3dface_to_w2c(angle, trans, r, c)`` turns exactly this (angle,
-trans) into GMPI's camera (spec §1.6): the face frame becomes GMPI's world around the sphere centre S, the
-rotation is kept and the camera is moved radially onto the sphere. Two choices of intrinsics:
+pixel centres at +0.5, docs/method.md §1.2). ``deep3dface_to_w2c(angle, trans, r, c)`` turns exactly this
+(angle, trans) into GMPI's camera (docs/method.md §1.6): the face frame becomes GMPI's world around the sphere
+centre S, the rotation is kept and the camera is moved radially onto the sphere. Two choices of intrinsics:
 
 * ``intrinsics="gmpi"`` (default): GMPI's own camera on the whole image, f = W / (2 tan(fov/2)) with the
   dataset's fov (12.6° for FFHQ and MetFaces, which is Deep3DFace's 2·atan(112/1015) to 0.01°) and the
@@ -32,8 +32,8 @@ planar, so it is unique), refined by Levenberg-Marquardt on the 6 DoF (rotation-
 translation) of the pixel reprojection error; where that ends with an error above 5 % of the landmarks'
 spread, a second start from the frontal pose is tried and the better one wins. Everything is batched over
 images in numpy (float64); no OpenCV: ``cv2.solvePnP`` would add a dependency, and
-with 5 points its default DLT start does not apply (it needs 6) — the field notes' EPnP + refineLM probe
-is what this does, in ~100 lines of numpy. Degenerate inputs are refused before solving
+with 5 points its default DLT start does not apply (it needs 6) — an EPnP-style start refined by
+Levenberg-Marquardt is what this does, in ~100 lines of numpy. Degenerate inputs are refused before solving
 (non-finite, coincident or collinear landmarks), implausible solutions after (face behind the camera,
 |yaw| or |pitch| above ``max_angle_deg``, which is what left/right-swapped landmarks give, or an RMS
 reprojection error above ``max_relative_error`` of the landmarks' spread), each with its reason.
@@ -51,8 +51,8 @@ their raw yaw comes out at 0.57 of the truth). ``calibration=`` corrects the ang
   on synthetic data (there it is almost the identity: that template is unbiased on those heads), or to
   see the ``bfm`` bias removed on them; it is no correction for real faces.
 * ``"dataset-median"`` (``run_poses`` only): subtract the dataset's median pitch, i.e. assume the dataset
-  is frontal on average, as GMPI's pose prior does (pitch mean 0, spec §1.4). For real faces with the
-  ``bfm`` template this removes the dataset-wide offset that no synthetic data can measure (a broad smile
+  is frontal on average, as GMPI's pose prior does (pitch mean 0, docs/method.md §1.4). For real faces with
+  the ``bfm`` template this removes the dataset-wide offset that no synthetic data can measure (a broad smile
   raises the mouth corners, which reads as a lowered head: the frontal astronaut gets +28° pitch).
 * a ``Calibration`` from ``fit_calibration`` on any data with known poses.
 
@@ -71,17 +71,17 @@ why (dlib or its model not installed, images not given and not found from the la
 
 **Dataset step** (``gmpi prep poses``, ``run_poses``): for every ``detections/results/<member>.txt`` (five
 lines ``x<TAB>y``, integer pixel indices as MTCNN's scripts write them, read as pixel centres ``+ 0.5``;
-spec §8.1) it writes ``POSE_ROOT/<member>.mat`` (layout ``ffhq``) or ``POSE_ROOT/coeffs/<stem>.mat``
+docs/method.md §8.1) it writes ``POSE_ROOT/<member>.mat`` (layout ``ffhq``) or ``POSE_ROOT/coeffs/<stem>.mat``
 (``metfaces``) with ``write_deep3dface_mat`` (``dlib68`` also reads the image with the file's path, else
 the only image with its file stem, from ``images``; the 5 landmarks pick the face); images on the
 detections' fail list are skipped; the fail
-list goes to ``POSE_ROOT/fail_list.txt`` (spec §8.1: the pose root holds it) together with the images the
-solver refused, whose reasons go to ``POSE_ROOT/pose_failures.log``. Files are written atomically and
-existing ones are kept (resume), as long as ``POSE_ROOT/pose_estimator.json`` records the same settings.
+list goes to ``POSE_ROOT/fail_list.txt`` (docs/method.md §8.1: the pose root holds it) together with the
+images the solver refused, whose reasons go to ``POSE_ROOT/pose_failures.log``. Files are written atomically
+and existing ones are kept (resume), as long as ``POSE_ROOT/pose_estimator.json`` records the same settings.
 
 **Using the real Deep3DFaceRecon instead** (needs the Basel Face Model 2009 ``01_MorphableModel.mat``, the
-``Exp_Pca.bin`` expression basis and the pretrained checkpoint; spec §8.2). The GMPI authors' fork of
-sicxu/Deep3DFaceRecon_pytorch (base commit ``6ba3d22``) reads the landmarks of ``gmpi prep landmarks``
+``Exp_Pca.bin`` expression basis and the pretrained checkpoint; docs/method.md §8.2). The GMPI authors' fork
+of sicxu/Deep3DFaceRecon_pytorch (base commit ``6ba3d22``) reads the landmarks of ``gmpi prep landmarks``
 (the ``mtcnn_ffhq_{R}/detections`` folder) and the dataset zip below ``--gmpi_root``::
 
     python estimate_pose_ffhq.py --name=pretrained --epoch=20 --gmpi_img_res 256 \\
@@ -92,7 +92,7 @@ sicxu/Deep3DFaceRecon_pytorch (base commit ``6ba3d22``) reads the landmarks of `
 They write ``checkpoints/pretrained/results/ffhq256x256/epoch_20_000000/<member>.mat`` (resp.
 ``.../metfaces1024x1024_xflip/epoch_20_000000/<stem>.mat``). Move that folder to the pose root (for
 MetFaces into ``POSE_ROOT/coeffs/``), copy ``detections/fail_list.txt`` to ``POSE_ROOT/fail_list.txt``
-(spec §8.1 PITFALL: use the right resolution in the path), then check it against the images with
+(docs/method.md §8.1 PITFALL: use the right resolution in the path), then check it against the images with
 ``validate_deep3dface_folder(POSE_ROOT, dataset_zip, layout)`` (``gmpi prep poses --validate-only --out
 POSE_ROOT --images ffhq256x256.zip``); the files are read as they are, all seven keys included. (The fork
 also needs nvdiffrast and a GPU; its poses differ from ours by its regressor's own errors.)
@@ -151,7 +151,7 @@ Layout = Literal["ffhq", "metfaces"]
 
 @dataclass(frozen=True)
 class _Deep3DFaceCamera:
-    """Deep3DFaceRecon's camera (spec §1.2): focal and principal point in its crop, and its distance."""
+    """Deep3DFaceRecon's camera (method §1.2): focal and principal point in its crop, and its distance."""
 
     focal: float = 1015.0
     center: float = 112.0
@@ -161,19 +161,19 @@ class _Deep3DFaceCamera:
 
 
 DEEP3DFACE_CAMERA = _Deep3DFaceCamera()
-_FLIP = np.array([1.0, -1.0, -1.0])  # F = diag(1, −1, −1): Deep3DFace axes ↔ OpenCV camera axes (spec §1.6)
-DEFAULT_FOV_DEG = 12.6  # FFHQ / MetFaces (spec §1.2)
+_FLIP = np.array([1.0, -1.0, -1.0])  # F = diag(1, −1, −1): Deep3DFace axes ↔ OpenCV camera axes (method §1.6)
+DEFAULT_FOV_DEG = 12.6  # FFHQ / MetFaces (docs/method.md §1.2)
 
 
 class PoseEstimationError(ValueError):
     """The landmarks of one image give no usable pose; the message says why."""
 
 
-# --- rotations and the Deep3DFace camera (spec §1.6) ------------------------------------------------------
+# --- rotations and the Deep3DFace camera (method §1.6) ------------------------------------------------------
 
 
 def euler_to_rotation(angle: ArrayLike) -> np.ndarray:
-    """R [..., 3, 3] = R_z(a₂) R_y(a₁) R_x(a₀) of Euler angles [..., 3] in radians (Deep3DFace, spec §1.6)."""
+    """R [..., 3, 3] = R_z(a₂) R_y(a₁) R_x(a₀) of Euler angles [..., 3] in radians (Deep3DFace, §1.6)."""
     a, b, g = np.moveaxis(np.asarray(angle, np.float64), -1, 0)
     ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
     return np.stack(
@@ -215,7 +215,7 @@ def project_landmarks(
     template: ArrayLike, angle: ArrayLike, trans: ArrayLike, focal: ArrayLike, center: ArrayLike
 ) -> np.ndarray:
     """Pixel positions [N, K, 2] of template points [K, 3] posed by angle, trans [N, 3] through pinholes
-    with focal [N] and principal point center [N, 2] (pixel-edge coordinates, spec §1.2)."""
+    with focal [N] and principal point center [N, 2] (pixel-edge coordinates, docs/method.md §1.2)."""
     rot, t = deep3dface_camera_pose(np.atleast_2d(angle), np.atleast_2d(trans))
     points = np.einsum("nij,kj->nki", rot, np.asarray(template, np.float64)) + t[:, None, :]
     focal = np.broadcast_to(np.asarray(focal, np.float64), (len(rot),))
@@ -484,9 +484,9 @@ CALIBRATIONS = ("none", "synthetic", "dataset-median")
 
 
 class PoseEstimate(NamedTuple):
-    """One head pose: Deep3DFace ``angle`` [3] (radians, Euler x, y, z) and ``trans`` [3] (spec §1.6), GMPI's
-    ``yaw`` = −angle[1], ``pitch`` = angle[0], ``roll`` = −angle[2] (radians, spec §1.7) and the RMS
-    landmark reprojection error ``reproj_err_px`` of the solved (uncalibrated) pose."""
+    """One head pose: Deep3DFace ``angle`` [3] (radians, Euler x, y, z) and ``trans`` [3] (docs/method.md
+    §1.6), GMPI's ``yaw`` = −angle[1], ``pitch`` = angle[0], ``roll`` = −angle[2] (radians, docs/method.md
+    §1.7) and the RMS landmark reprojection error ``reproj_err_px`` of the solved (uncalibrated) pose."""
 
     angle: np.ndarray
     trans: np.ndarray
@@ -534,7 +534,7 @@ class HeadPoseEstimator:
     calibration:        ``none``, ``synthetic`` (the correction fitted for ``template`` on synthetic heads)
                         or a ``Calibration``.
     intrinsics:         ``gmpi`` (GMPI's camera on the full image) or ``deep3dface`` (its aligned crop).
-    fov_deg:            horizontal field of view of the ``gmpi`` intrinsics (spec §1.2).
+    fov_deg:            horizontal field of view of the ``gmpi`` intrinsics (docs/method.md §1.2).
     iterations:         Levenberg-Marquardt iterations per start.
     min_spread_px:      landmarks whose RMS distance from their centroid is below this are degenerate.
     min_aspect:         ... and so are landmarks whose minor/major spread ratio is below this (collinear).
@@ -619,7 +619,7 @@ class HeadPoseEstimator:
     def _camera(self, points: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         if self.intrinsics == "deep3dface":
             return deep3dface_crop_intrinsics(points)
-        focal = size[0] / (2.0 * math.tan(math.radians(self.fov_deg) / 2.0))  # spec §1.2
+        focal = size[0] / (2.0 * math.tan(math.radians(self.fov_deg) / 2.0))  # docs/method.md §1.2
         return np.full(len(points), focal), np.tile([size[0] / 2.0, size[1] / 2.0], (len(points), 1))
 
     def _degenerate(self, points: np.ndarray) -> list[str | None]:
@@ -705,12 +705,12 @@ def estimate_pose(
     return estimator.estimate(landmarks, image_size)
 
 
-# --- the dataset step (spec §8.1, §8.2) ---------------------------------------------------------------------
+# --- the dataset step (§8.1, §8.2) ---------------------------------------------------------------------
 
 
 def read_landmark_file(path: str | os.PathLike[str]) -> np.ndarray:
     """Landmarks [5, 2] in pixel-edge coordinates from a detections file: five lines ``x<TAB>y`` of pixel
-    indices as MTCNN's scripts write them (spec §8.1), read as pixel centres (index + 0.5)."""
+    indices as MTCNN's scripts write them (docs/method.md §8.1), read as pixel centres (index + 0.5)."""
     path = Path(path)
     rows = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(rows) != 5 or any(len(r) != 2 for r in rows):
@@ -784,7 +784,7 @@ def _detections_dir(landmarks_dir: Path) -> Path:
             return candidate
     raise FileNotFoundError(
         f"{landmarks_dir} has no results/ folder of landmark files; give the detections/ folder written by "
-        f"the landmark step (detections/results/<member>.txt, spec §8.1)"
+        f"the landmark step (detections/results/<member>.txt, docs/method.md §8.1)"
     )
 
 
@@ -1059,7 +1059,7 @@ def validate_deep3dface_folder(
     layout: Layout = "ffhq",
     check_contents: bool = True,
 ) -> Deep3DFaceFolderReport:
-    """Check a folder of Deep3DFaceRecon coefficient files (ours or the real estimator's, spec §1.6, §8.2)
+    """Check a folder of Deep3DFaceRecon coefficient files (ours or the real estimator's, method §1.6, §8.2)
     against a dataset: ``images`` is a dataset zip / image folder or the image keys themselves. Counts the
     images, those excluded by ``fail_list.txt``, lists missing and malformed files (unreadable, ``angle`` or
     ``trans`` not 3 finite numbers, any other Deep3DFace key with the wrong size) and files with no image."""
@@ -1199,7 +1199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="gmpi prep poses",
         description="Head poses from landmarks (dlib's 68 of the images, or the 5 of the landmark step), "
-        "written as Deep3DFaceRecon .mat files (spec §1.6, §8.2).",
+        "written as Deep3DFaceRecon .mat files (docs/method.md §1.6, §8.2).",
         epilog="example: gmpi prep poses --landmarks runtime_dataset/mtcnn_ffhq_256/detections "
         "--out runtime_dataset/ffhq256_deep3dface_coeffs --resolution 256",
     )

@@ -1,10 +1,10 @@
 """3D mean-face templates of the five MTCNN landmarks, the model points of the offline pose estimator.
 
-Every template lives in Deep3DFaceRecon's face frame (spec §1.6): +X toward the image's right in the
+Every template lives in Deep3DFaceRecon's face frame (docs/method.md §1.6): +X toward the image's right in the
 frontal view (the subject's left), +Y up, +Z out of the face toward the camera, units of decimetres, the
 origin at the face centre, which Deep3DFace's camera sees from 10 units away and which GMPI maps onto its
-sphere centre S (spec §1.6: a GMPI world point P is the face point F·(P − S), F = diag(1, −1, −1)). Rows
-follow MTCNN's order: left eye, right eye, nose, mouth left, mouth right ("left" = the image's left, the
+sphere centre S (docs/method.md §1.6: a GMPI world point P is the face point F·(P − S), F = diag(1, −1, −1)).
+Rows follow MTCNN's order: left eye, right eye, nose, mouth left, mouth right ("left" = the image's left, the
 subject's right, at −X).
 
 ``bfm``
@@ -25,8 +25,8 @@ subject's right, at −X).
 
 The two faces differ a lot where the pose hides: the BFM nose tip stands 0.42 dm in front of the eyes and
 the mouth 0.09 dm, the synthetic heads' only 0.13 and −0.07. A template that does not match the faces
-therefore biases pitch and scales yaw (spec field notes: a generic template gives +36° pitch on a frontal
-face); ``gmpi_core.preprocess.pose`` removes what it can measure with a calibration.
+therefore biases pitch and scales yaw (users of the original reported that a generic template gives +36°
+pitch on a frontal face); ``gmpi_core.preprocess.pose`` removes what it can measure with a calibration.
 """
 
 from __future__ import annotations

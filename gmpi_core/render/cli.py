@@ -1,4 +1,4 @@
-"""``gmpi render``: single images, sweep videos, meshes and browser exports of chosen seeds (spec §9.6, §10).
+"""``gmpi render``: single images, sweep videos, meshes and browser exports of chosen seeds (§9.6, §10).
 
     gmpi render --model DIR|--preset NAME [--seed S ...] [--planes N] [--psi PSI] [--zero-w-avg]
                 [--mode image video mesh export | all] [--frames N] [--out DIR] ...
@@ -6,7 +6,7 @@
 Each seed's MPI is generated once and written under ``OUT/seed_{S:04d}/``:
 ``image``  rendered.png, rendered_depth.png, rendered.json, mpi_rgb.png, mpi_alpha.png, mpi_rgba.png;
 ``video``  video_{rgb|depth}_{horizontal|vertical}.{mp4|gif};
-``mesh``   mesh_{ψ}.ply (its own uniformly spaced planes, spec §9.6);
+``mesh``   mesh_{ψ}.ply (its own uniformly spaced planes, docs/method.md §9.6);
 ``export`` export/ (mpi.json + planes/*.webp) for the browser viewer.
 Sweep poses beyond the pose prior render with ``--out-of-bounds clamp`` (the original would exit).
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--zero-w-avg",
         action="store_true",
-        help="truncate toward w = 0 like the official renders (their w_avg buffer is never loaded, spec §10)",
+        help="truncate toward w = 0 like the official renders (their w_avg buffer is never loaded, §10)",
     )
     p.add_argument(
         "--mode",

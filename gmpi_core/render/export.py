@@ -1,4 +1,4 @@
-"""MPI export for the browser viewer: RGBA planes as WebP/PNG plus ``mpi.json`` (spec §1-§3).
+"""MPI export for the browser viewer: RGBA planes as WebP/PNG plus ``mpi.json`` (docs/method.md §1-§3).
 
 Layout ``"planes"`` (default)::
 

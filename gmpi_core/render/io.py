@@ -28,7 +28,7 @@ __all__ = [
 
 
 def to_uint8(image: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-    """[3|1,H,W] or [H,W] float → uint8 [H,W,3|1] with clip((x-lo)/(hi-lo))·255 truncated (spec §9.1)."""
+    """[3|1,H,W] or [H,W] float → uint8 [H,W,3|1] with clip((x-lo)/(hi-lo))·255 truncated (method §9.1)."""
     lo, hi = value_range
     x = ((image.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1) * 255
     x = x.to(torch.uint8)
@@ -38,7 +38,7 @@ def to_uint8(image: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> n
 
 
 def depth_to_uint8(depth: Tensor, d_near: float, d_far: float) -> np.ndarray:
-    """Depth [1,H,W] → uint8 [H,W] via clip((D - d_near) / (d_far - d_near)) · 255 (spec §10)."""
+    """Depth [1,H,W] → uint8 [H,W] via clip((D - d_near) / (d_far - d_near)) · 255 (docs/method.md §10)."""
     return to_uint8(depth[0], value_range=(d_near, d_far))
 
 
@@ -72,8 +72,8 @@ def save_json(path: str | Path, data: Any) -> Path:
 
 def save_video(path: str | Path, frames: Sequence[np.ndarray], fps: int = 8, quality: float = 8) -> Path:
     """Write frames (uint8 HxWx3 or HxW) as MP4 (H.264 via imageio-ffmpeg, ``quality`` 0-10) or GIF, by the
-    suffix. The original uses fps 8, quality 5 (spec §10). GIF: Pillow merges identical consecutive frames
-    into one with the summed duration (playback timing is unchanged, the decoded frame count drops)."""
+    suffix. The original uses fps 8, quality 5 (docs/method.md §10). GIF: Pillow merges identical consecutive
+    frames into one with the summed duration (playback timing is unchanged, the decoded frame count drops)."""
     import imageio.v2 as imageio
 
     frames = [

@@ -1,21 +1,21 @@
-"""Mesh extraction: the alpha volume of an MPI with uniformly spaced planes, marching cubes, PLY (spec §9.6).
+"""Mesh extraction: the alpha volume of an MPI with uniformly spaced planes, marching cubes, PLY (§9.6).
 
 The volume follows the original's layout: T = texture size voxels along x and y (the texel centres of
-the confined plane box, spec §2.4), n_act = ⌊min(1, (d_far − d_near)/max(h_c, w_c))·T⌋ planes uniformly
-spaced in [d_near, d_far] generated with ``background_alpha_full=False``, and T − n_act all-zero planes
-prepended in front, so the volume is T³ and the surface closes toward the camera.
+the confined plane box, docs/method.md §2.4), n_act = ⌊min(1, (d_far − d_near)/max(h_c, w_c))·T⌋ planes
+uniformly spaced in [d_near, d_far] generated with ``background_alpha_full=False``, and T − n_act all-zero
+planes prepended in front, so the volume is T³ and the surface closes toward the camera.
 
 Differences from the original, on purpose:
 
 * chunks of planes are generated from the same latents *and* the same noise (the original's chunks each
-  drew their own noise, spec §10 PITFALL), so the volume does not depend on ``chunk_n_planes``;
+  drew their own noise, docs/method.md §10 PITFALL), so the volume does not depend on ``chunk_n_planes``;
 * vertices are placed at the true world positions of the voxels — x, y at the texel centres, z at the
   generated plane depths (zero planes continue the spacing in front) — where the original scales index
   coordinates by ``verts / T · (max − min) + min``, off by up to one voxel;
 * smoothing is explicit: ``"gaussian"`` blurs ``alpha − 0.5`` with σ voxels (PyMCubes' ``smooth`` does
   that with σ = 3 for arrays above 512³ and a constrained smoother on the binary mask below; which one
-  runs depends on the PyMCubes version, spec §9.6), or ``"none"``. The surface is the ``level`` = 0.01
-  iso-surface of the (smoothed) ``alpha − 0.5`` field as in the original, i.e. alpha ≈ 0.51 unsmoothed.
+  runs depends on the PyMCubes version, docs/method.md §9.6), or ``"none"``. The surface is the ``level`` =
+  0.01 iso-surface of the (smoothed) ``alpha − 0.5`` field as in the original, i.e. alpha ≈ 0.51 unsmoothed.
 
 Marching cubes comes from scikit-image (``pip install scikit-image``); faces are oriented so that their
 normals (right-hand rule on world x, y, z) point out of the occupied region.
@@ -52,8 +52,8 @@ __all__ = [
 
 Smoothing = Literal["gaussian", "none"]
 SMOOTHINGS = ("gaussian", "none")
-MESH_LEVEL = 0.01  # spec §9.6: marching_cubes(smooth(alpha), 0.01)
-DEFAULT_SIGMA = 1.0  # voxels; PyMCubes' large-array branch uses 3 (spec §9.6)
+MESH_LEVEL = 0.01  # docs/method.md §9.6: marching_cubes(smooth(alpha), 0.01)
+DEFAULT_SIGMA = 1.0  # voxels; PyMCubes' large-array branch uses 3 (docs/method.md §9.6)
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class VoxelGrid:
 
 @dataclass
 class Mesh:
-    """A triangle mesh in world units (spec §1.1 axes: +X right, +Y down, +Z forward)."""
+    """A triangle mesh in world units (docs/method.md §1.1 axes: +X right, +Y down, +Z forward)."""
 
     vertices: np.ndarray  # [V, 3] float32 (x, y, z)
     faces: np.ndarray  # [F, 3] int32, normals (right-hand rule) point out of the occupied region
@@ -83,7 +83,7 @@ class Mesh:
 
 
 def mesh_grid(camera: CameraConfig, resolution: int) -> tuple[VoxelGrid, np.ndarray]:
-    """The T³ voxel grid of spec §9.6 and the z̃ [n_act] of its generated (uniformly spaced) planes.
+    """The T³ voxel grid of docs/method.md §9.6 and the z̃ [n_act] of its generated (uniformly spaced) planes.
 
     Voxel columns/rows are the texel centres of the confined box (x = −w_c/2 + k·w_c/(T−1)); the last n_act
     slices are the planes linspace(d_near, d_far, n_act), the T − n_act slices before them are the zero
@@ -104,7 +104,7 @@ def mesh_grid(camera: CameraConfig, resolution: int) -> tuple[VoxelGrid, np.ndar
         origin=(-box_w / 2, -box_h / 2, camera.d_far - (resolution - 1) * dz),
         spacing=(box_w / (resolution - 1), box_h / (resolution - 1), dz),
     )
-    depths = plane_depths(camera.d_near, camera.d_far, n_act, method="uniform")  # spec §2.2: always uniform
+    depths = plane_depths(camera.d_near, camera.d_far, n_act, method="uniform")  # method §2.2: always uniform
     return grid, normalized_depth(depths, camera.d_near, camera.d_far).numpy()
 
 
@@ -167,7 +167,7 @@ def mesh_from_alpha(
     level: float = MESH_LEVEL,
     colour: np.ndarray | None = None,
 ) -> Mesh:
-    """Marching cubes on smooth(alpha − 0.5) at ``level`` for alpha [n_z, n_y, n_x] (spec §9.6).
+    """Marching cubes on smooth(alpha − 0.5) at ``level`` for alpha [n_z, n_y, n_x] (docs/method.md §9.6).
 
     ``colour`` [n_y, n_x, 3] in [0, 1] (optional) is sampled bilinearly at each vertex's (x, y) texel.
     """
@@ -274,7 +274,7 @@ def extract_mesh(
     level: float = MESH_LEVEL,
     colors: bool = True,
 ) -> Path:
-    """Alpha volume → marching cubes → ``out_dir/mesh_{ψ}.ply`` (spec §9.6) with optional vertex colours."""
+    """Alpha volume → marching cubes → ``out_dir/mesh_{ψ}.ply`` (method §9.6) with optional vertex colours."""
     alpha, colour, grid = alpha_volume(
         gmpi,
         seed,

@@ -1,4 +1,4 @@
-"""Sweep videos of one MPI: RGB and depth, MP4 (H.264 via imageio-ffmpeg) and GIF (spec §10).
+"""Sweep videos of one MPI: RGB and depth, MP4 (H.264 via imageio-ffmpeg) and GIF (docs/method.md §10).
 
 Files are named like the original's: ``video_rgb_{horizontal|vertical}.mp4`` and
 ``video_depth_{horizontal|vertical}.mp4`` (the README's ``video_rgb.mp4`` is not what it writes), plus
@@ -21,12 +21,12 @@ from gmpi_core.render.views import Sweep, sweep_frames, sweep_poses
 __all__ = ["VIDEO_FORMATS", "video_name", "write_sweep_videos"]
 
 VIDEO_FORMATS = ("mp4", "gif")
-VIDEO_FPS = 8  # spec §10
-VIDEO_QUALITY = 5  # spec §10 (imageio-ffmpeg quality, 0-10)
+VIDEO_FPS = 8  # docs/method.md §10
+VIDEO_QUALITY = 5  # docs/method.md §10 (imageio-ffmpeg quality, 0-10)
 
 
 def video_name(kind: str, sweep: Sweep, fmt: str) -> str:
-    """``video_{rgb|depth}_{horizontal|vertical}.{mp4|gif}`` (spec §10)."""
+    """``video_{rgb|depth}_{horizontal|vertical}.{mp4|gif}`` (docs/method.md §10)."""
     return f"video_{kind}_{sweep}.{fmt}"
 
 

@@ -1,10 +1,10 @@
 """Views of one generated MPI: plane generation in chunks, the single image, the sweeps and the plane
-grids (spec §10).
+grids (docs/method.md §10).
 
 The MPI of a seed is generated once and re-rendered for every frame; frames go through the renderer in
 batches. Poses beyond the pose prior (the sweeps reach yaw ±0.5 and pitch ±0.3, the FFHQ prior only
 ±0.578 / ±0.254) render with ``out_of_bounds="clamp"`` by default: rays that miss the background plane
-take its border texels instead of aborting the run as the original does (``sys.exit``, spec §3.5).
+take its border texels instead of aborting the run as the original does (``sys.exit``, docs/method.md §3.5).
 
     >>> mpi = generate_mpi(gmpi, seed=0, n_planes=32)
     >>> yaws, pitches = sweep_poses("horizontal", 100)
@@ -55,12 +55,12 @@ __all__ = [
 
 Sweep = Literal["horizontal", "vertical"]
 SWEEPS: tuple[Sweep, ...] = ("horizontal", "vertical")
-# spec §10: horizontal = yaw linspace(0.5, −0.5) at pitch 0, vertical = pitch linspace(0.3, −0.3) at yaw 0
+# method §10: horizontal = yaw linspace(0.5, −0.5) at pitch 0, vertical = pitch linspace(0.3, −0.3) at yaw 0
 _SWEEP_RANGE = {"horizontal": (0.5, -0.5), "vertical": (0.3, -0.3)}
-# spec §10: the single image's pose is yaw ~ U(−0.5, 0.5), pitch ~ U(−0.3, 0.3)
+# docs/method.md §10: the single image's pose is yaw ~ U(−0.5, 0.5), pitch ~ U(−0.3, 0.3)
 SINGLE_YAW_RANGE = (-0.5, 0.5)
 SINGLE_PITCH_RANGE = (-0.3, 0.3)
-GRID_COLUMNS = 8  # planes per row of the mpi_*.png grids (spec §10)
+GRID_COLUMNS = 8  # planes per row of the mpi_*.png grids (docs/method.md §10)
 GRID_PAD = 2
 
 
@@ -77,8 +77,8 @@ def generate_mpi(
     chunk_n_planes: int | None = None,
     noise_mode: str = "random",
 ) -> MPI:
-    """The MPI [1, N, 4, R, R] of one seed: z from ``torch.manual_seed(seed)`` (spec §9.1), noise seeded
-    with the same seed (reproducible renders), N = ``n_planes`` or the config's evaluation count."""
+    """The MPI [1, N, 4, R, R] of one seed: z from ``torch.manual_seed(seed)`` (docs/method.md §9.1), noise
+    seeded with the same seed (reproducible renders), N = ``n_planes`` or the config's evaluation count."""
     return gmpi.generate(
         seeds=[seed],
         n_planes=n_planes,
@@ -94,8 +94,8 @@ def generate_mpi(
 
 
 def sweep_poses(sweep: Sweep, n_frames: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """(yaws [F], pitches [F]) of a sweep (spec §10): ``horizontal`` = yaw linspace(0.5, −0.5) at pitch 0,
-    ``vertical`` = pitch linspace(0.3, −0.3) at yaw 0."""
+    """(yaws [F], pitches [F]) of a sweep (docs/method.md §10): ``horizontal`` = yaw linspace(0.5, −0.5) at
+    pitch 0, ``vertical`` = pitch linspace(0.3, −0.3) at yaw 0."""
     if sweep not in _SWEEP_RANGE:
         raise ValueError(f"unknown sweep '{sweep}'; choose one of {SWEEPS}")
     if n_frames < 1:
@@ -106,7 +106,7 @@ def sweep_poses(sweep: Sweep, n_frames: int = 100) -> tuple[np.ndarray, np.ndarr
 
 
 def single_view_pose(seed: int) -> tuple[float, float]:
-    """(yaw, pitch) ~ U(−0.5, 0.5) × U(−0.3, 0.3) (spec §10), from an RNG seeded with ``seed`` (the
+    """(yaw, pitch) ~ U(−0.5, 0.5) × U(−0.3, 0.3) (docs/method.md §10), from an RNG seeded with ``seed`` (the
     original draws from the unseeded numpy RNG; seeding makes the single image reproducible)."""
     rng = np.random.default_rng(seed)
     return float(rng.uniform(*SINGLE_YAW_RANGE)), float(rng.uniform(*SINGLE_PITCH_RANGE))
@@ -150,7 +150,7 @@ def sweep_frames(
     out_of_bounds: OutOfBounds = "clamp",
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """uint8 frames of :func:`render_views`: RGB [H, W, 3] via clip((I+1)/2)·255 and depth [H, W, 1] via
-    clip((D − d_near)/(d_far − d_near))·255 (spec §9.1, §10)."""
+    clip((D − d_near)/(d_far − d_near))·255 (docs/method.md §9.1, §10)."""
     cam = gmpi.config.camera
     rgb: list[np.ndarray] = []
     depth: list[np.ndarray] = []
@@ -167,7 +167,7 @@ def sweep_frames(
 
 def normalized_alpha(alpha: Tensor) -> Tensor:
     """alpha [N, 1, T, T] with each plane divided by its own maximum, so faint planes stay visible in
-    ``mpi_alpha.png`` (spec §10 "normalised"); an all-zero plane stays 0."""
+    ``mpi_alpha.png`` (docs/method.md §10 "normalised"); an all-zero plane stays 0."""
     peak = alpha.amax(dim=(1, 2, 3), keepdim=True)
     return torch.where(
         peak > 0, alpha / peak.clamp_min(torch.finfo(alpha.dtype).tiny), torch.zeros_like(alpha)
@@ -191,7 +191,7 @@ def mpi_grids(rgba: Tensor, ncols: int = GRID_COLUMNS, pad: int = GRID_PAD) -> d
 
 
 def write_mpi_grids(rgba: Tensor, out_dir: str | Path) -> list[Path]:
-    """``mpi_rgb.png``, ``mpi_alpha.png``, ``mpi_rgba.png`` of one MPI rgba [N, 4, T, T] (spec §10)."""
+    """``mpi_rgb.png``, ``mpi_alpha.png``, ``mpi_rgba.png`` of one MPI rgba [N, 4, T, T] (method §10)."""
     out = Path(out_dir)
     return [save_png(out / f"{name}.png", image) for name, image in mpi_grids(rgba).items()]
 
@@ -207,7 +207,7 @@ def write_single_image(
     out_of_bounds: OutOfBounds = "clamp",
 ) -> list[Path]:
     """``rendered.png`` (and ``rendered_depth.png``, ``rendered.json`` with the pose) at (yaw, pitch),
-    plus the three plane grids (spec §10 single-image mode)."""
+    plus the three plane grids (docs/method.md §10 single-image mode)."""
     out = Path(out_dir)
     ((image, depth),) = render_views(gmpi, mpi, [yaw], [pitch], size=size, out_of_bounds=out_of_bounds)
     cam = gmpi.config.camera

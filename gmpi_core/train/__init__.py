@@ -1,1 +1,1 @@
-"""Training GMPI (spec §6): losses, the step, EMA, lighting augmentation, checkpoints, distributed launch."""
+"""Training GMPI (§6): losses, the step, EMA, lighting augmentation, checkpoints, distributed launch."""

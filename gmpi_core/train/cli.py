@@ -1,4 +1,4 @@
-"""``gmpi train``: parse arguments, build the configuration, run the :class:`Trainer` (spec §6.1).
+"""``gmpi train``: parse arguments, build the configuration, run the :class:`Trainer` (docs/method.md §6.1).
 
     gmpi train --preset synthetic32 --data data/synth32 --out runs/s32 --steps 2000
     gmpi train --preset FFHQ256 --data ffhq256x256.zip --poses ffhq256_deep3dface_coeffs \\

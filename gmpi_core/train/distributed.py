@@ -1,7 +1,7 @@
 """Multi-process training without DDP: process-group set-up, parameter broadcast, gradient averaging.
 
 Launched by ``torchrun`` (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` in the
-environment). The official code wraps G and D in DDP over gloo (spec §6.1); a GMPI step runs several
+environment). The official code wraps G and D in DDP over gloo (docs/method.md §6.1); a GMPI step runs several
 forwards per network and R1's double backward, which DDP's one-forward-one-backward hooks do not fit, so
 here the parameters are broadcast from rank 0 once and gradients are averaged by hand after every
 backward (one flat all-reduce per module). Backend: NCCL on CUDA, gloo on CPU.
@@ -75,7 +75,7 @@ def _resolve_device(device: str, local_rank: int) -> torch.device:
 
 def init_distributed(device: str = "auto", timeout_s: float = 7200.0) -> DistEnv:
     """Read the torchrun environment, pick the device and, for more than one process, join the process
-    group (NCCL on CUDA, gloo on CPU; the 7200 s timeout is the official one, spec §6.1)."""
+    group (NCCL on CUDA, gloo on CPU; the 7200 s timeout is the official one, docs/method.md §6.1)."""
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,4 +1,4 @@
-"""Exponential moving average of parameters with torch_ema's warm-up rule (spec §6.8).
+"""Exponential moving average of parameters with torch_ema's warm-up rule (docs/method.md §6.8).
 
 The effective decay at update t (counted from 1) is ``min(decay, (1 + t) / (10 + t))`` and the shadow moves
 as ``θ_ema ← θ_ema − (1 − d_t)(θ_ema − θ)``. Only parameters are averaged, never buffers. ``state_dict``

@@ -1,4 +1,4 @@
-"""Lighting augmentation of MPIs during training (spec §6.6).
+"""Lighting augmentation of MPIs during training (docs/method.md §6.6).
 
 Plane colours are multiplied by ``k_a + k_d · max(0, −n·ℓ)`` where the normals ``n`` come from the blurred
 texture-space depth of the MPI and ``ℓ`` points from a light sampled on the camera sphere to the sphere
@@ -19,7 +19,7 @@ from gmpi_core.mpi.planes import texel_xyz
 
 
 def texture_space_depth(alpha: Tensor, depths: Tensor) -> Tensor:
-    """Σ_i w_i d_i with the compositing weights of spec §3.3 computed without warping.
+    """Σ_i w_i d_i with the compositing weights of docs/method.md §3.3 computed without warping.
 
     alpha [B, N, T, T], depths [N] → [B, T, T].
     """
@@ -42,7 +42,7 @@ def gaussian_blur(x: Tensor, kernel_size: int, sigma: float) -> Tensor:
 
 
 def surface_normals(points: Tensor) -> Tensor:
-    """Unit normals of a point map [B, H, W, 3] from the four neighbour cross products (spec §6.6 step 4).
+    """Unit normals of a point map [B, H, W, 3] from the four neighbour cross products (method §6.6 step 4).
 
     For interior pixels n ∝ (u−c)×(l−c) + (l−c)×(d−c) + (d−c)×(r−c) + (r−c)×(u−c) with u/d/l/r the
     neighbours above/below/left/right; border normals replicate the nearest interior one. A fronto-parallel
@@ -75,7 +75,7 @@ class LightingAugmentation:
         return rho, self.cfg.ka_max * rho, self.cfg.kd_max * rho
 
     def light_directions(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
-        """ℓ [B, 3]: from a light on the camera sphere towards the sphere centre (spec §6.6 step 5)."""
+        """ℓ [B, 3]: from a light on the camera sphere towards the sphere centre (method §6.6 step 5)."""
         cfg, cam = self.cfg, self.camera
         yaw = sample_truncated_normal(0.0, cfg.light_yaw_std, 2.0, batch, generator=generator)
         pitch = sample_truncated_normal(

@@ -1,9 +1,9 @@
-"""The GMPI training loop (spec §6): one ``Trainer`` whose ``step`` reads from data to optimiser step.
+"""The GMPI training loop (method §6): one ``Trainer`` whose ``step`` reads from data to optimiser step.
 
     trainer = Trainer(preset("synthetic32").with_updates(dataset={"images": "data/synth"}), "runs/s32")
     trainer.train()            # resumes from runs/s32/checkpoints/latest if it exists
 
-One step (spec §6.4), b = per-process batch, S = ``batch_split``, s = 0-based step index:
+One step (docs/method.md §6.4), b = per-process batch, S = ``batch_split``, s = 0-based step index:
 
 1. D: under no_grad, b fake MPIs in S chunks (G in train mode, random noise), lighting if s > start_iter,
    one random prior pose per fake; R1 = γ/2·E‖∇_x Σ D(x_real)‖² every step;
@@ -17,8 +17,8 @@ worst-view choice) and exports a checkpoint that ``init="native2d:<dir>"`` turns
 
 Randomness (exact resume): every process seeds torch (CPU and CUDA), numpy and ``random`` with
 ``seed + rank`` — the official code seeds all ranks with the same seed and then calls
-``torch.manual_seed(rank)`` (spec §6.1); both give each rank its own stream. Latents, synthesis noise,
-poses and light directions all come from these global generators, whose states are saved per rank
+``torch.manual_seed(rank)`` (docs/method.md §6.1); both give each rank its own stream. Latents, synthesis
+noise, poses and light directions all come from these global generators, whose states are saved per rank
 with every checkpoint together with the data order (sampler epoch and position), the lighting call
 counter, both EMAs and both optimisers. Sample grids run under ``torch.random.fork_rng`` and never touch
 the training streams. A resumed run therefore reproduces the uninterrupted run's losses bit for bit
@@ -123,7 +123,7 @@ def load_training_data(
     result: DataCheck | None = None,
     logger: logging.Logger | None = None,
 ) -> Dataset:
-    """The training dataset of ``cfg.dataset`` with clear errors for missing paths (spec §7).
+    """The training dataset of ``cfg.dataset`` with clear errors for missing paths (docs/method.md §7).
 
     ``check="error"`` first checks every image (``gmpi_core.data.check``: headers, pose presence, size;
     ``full_check``: full decode) and refuses with the list of bad images; ``"skip"`` leaves them out with a
@@ -307,7 +307,7 @@ class Trainer:
         self.max_steps = tc.total_iters if max_steps is None else max_steps
         if self.max_steps < 1:
             raise TrainingError(f"the number of steps must be >= 1, got {self.max_steps}")
-        if self.device.type == "cuda":  # official: cudnn.deterministic, no benchmark (spec §6.1)
+        if self.device.type == "cuda":  # official: cudnn.deterministic, no benchmark (docs/method.md §6.1)
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
 
@@ -324,7 +324,7 @@ class Trainer:
             self.batch,
             rank=self.env.rank,
             world_size=self.env.world_size,
-            seed=0,  # DistributedSampler's default seed, as the official loader (spec §7)
+            seed=0,  # DistributedSampler's default seed, as the official loader (docs/method.md §7)
         )
         self._batches: Iterator[Any] | None = None
         self._data_epoch = 0
@@ -432,7 +432,7 @@ class Trainer:
         if kind == "random":
             return G, D
         assert path is not None
-        # native2d / native: G from the EMA weights by name, D by name (b4.out broadcast, spec §4.5)
+        # native2d / native: G from the EMA weights by name, D by name (b4.out broadcast, docs/method.md §4.5)
         src_g = load_pretrained(path, use_ema=None)  # the EMA weights when the checkpoint has them
         copy_matching_tensors(src_g.state_dict(), G, source=f"generator of {path}")
         d_dir = path / "discriminator"
@@ -513,7 +513,7 @@ class Trainer:
 
     # -- cameras and rendering -------------------------------------------------------------------------
     def sample_poses(self, n: int) -> tuple[Tensor, Tensor]:
-        """(yaw [n], pitch [n]) from the truncated-Gaussian training prior, on the CPU RNG (spec §1.4)."""
+        """(yaw [n], pitch [n]) from the truncated-Gaussian training prior, on the CPU RNG (method §1.4)."""
         from gmpi_core.camera import sample_sphere_poses
 
         cam = self.cfg.camera
@@ -532,7 +532,7 @@ class Trainer:
         return image, w2c_condition(c2w).to(image.dtype)
 
     def lighting_active(self, step: int) -> bool:
-        """Lighting augmentation from the step after ``start_iter`` on (official ``s > 1000``, spec §6.6)."""
+        """Lighting augmentation from the step after ``start_iter`` on (official ``s > 1000``, §6.6)."""
         light = self.cfg.train.lighting
         return self.mode == "gmpi" and light.enabled and step > light.start_iter
 
@@ -555,8 +555,8 @@ class Trainer:
         return self.render(out, yaw, pitch)
 
     def find_worst_views(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Per latent, the lowest-logit of ``n_views_per_z`` random views (spec §6.4 step 3): no grad, no
-        lighting, latents 1/2/4 at a time for T = 1024/512/other."""
+        """Per latent, the lowest-logit of ``n_views_per_z`` random views (docs/method.md §6.4 step 3): no
+        grad, no lighting, latents 1/2/4 at a time for T = 1024/512/other."""
         v = self.cfg.train.n_views_per_z
         res = self.cfg.generator.img_resolution
         minibatch = 1 if res >= 1024 else 2 if res >= 512 else 4
@@ -571,7 +571,7 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
-        """One D update and one G update (spec §6.4); returns this rank's losses of the step."""
+        """One D update and one G update (docs/method.md §6.4); returns this rank's losses of the step."""
         t0 = time.perf_counter()
         s = self.step_idx
         tc = self.cfg.train

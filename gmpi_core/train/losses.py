@@ -1,4 +1,4 @@
-"""GAN objectives of GMPI (spec §6.4, §6.5): non-saturating logistic loss, R1 on reals, worst-view choice::
+"""GAN objectives of GMPI (method §6.4, §6.5): non-saturating logistic loss, R1 on reals, worst-view choice::
 
 L_D = E softplus(−D(x_real)) + E softplus(D(x_fake)) + γ/2 · E‖∇_x Σ D(x_real)‖²
 L_G = E softplus(−D(x_fake at the worst of V views))
@@ -32,7 +32,7 @@ def g_nonsaturating_loss(fake_logits: Tensor) -> Tensor:
 
 
 def r1_penalty(real_logits: Tensor, real_images: Tensor, gamma: float) -> Tensor:
-    """γ/2 · E_b ‖∇_{x_b} Σ_i r_i‖², differentiable (create_graph) so D is trained through it (spec §6.4).
+    """γ/2 · E_b ‖∇_{x_b} Σ_i r_i‖², differentiable (create_graph) so D is trained through it (method §6.4).
 
     ``real_images`` [B, C, H, W] must require grad and ``real_logits`` [B, 1] be computed from it.
     """
@@ -53,7 +53,7 @@ def select_worst_views(
     sample_poses: Callable[[int], tuple[Tensor, Tensor]],
     score: Callable[[slice, Tensor, Tensor], Tensor],
 ) -> tuple[Tensor, Tensor]:
-    """The worst of ``n_views`` random views for each latent (spec §6.4 step 3, §13.12).
+    """The worst of ``n_views`` random views for each latent (docs/method.md §6.4 step 3, §13.12).
 
     Latents are processed ``minibatch`` at a time. For a group of m latents (``slice`` into the batch),
     ``sample_poses(m · V)`` draws poses ordered latent-major (view v of latent j at j·V + v) and

@@ -1,4 +1,4 @@
-"""A distributed, resumable batch sampler (spec §7 loader settings).
+"""A distributed, resumable batch sampler (docs/method.md §7 loader settings).
 
 Like ``DistributedSampler(shuffle=True, seed=0, drop_last=True)`` + ``BatchSampler(drop_last=True)``: every
 epoch the dataset indices are permuted with ``torch.randperm`` under ``seed + epoch``, cut to a multiple

@@ -1,5 +1,5 @@
-"""Training checkpoints (spec §6.9): atomic writes, a ``latest`` pointer, and the RNG states that make a
-resumed run continue exactly where the interrupted one stopped.
+"""Training checkpoints (docs/method.md §6.9): atomic writes, a ``latest`` pointer, and the RNG states that
+make a resumed run continue exactly where the interrupted one stopped.
 
 Layout under ``<out>/checkpoints/``::
 
@@ -79,7 +79,7 @@ class CheckpointDir:
     """Numbered checkpoints plus a ``latest`` pointer in one folder.
 
     ``keep_last`` newest numbered checkpoints are kept, and additionally every one whose step is a
-    multiple of ``keep_every`` (0 = none), like the official rolling + numbered snapshots (spec §6.9).
+    multiple of ``keep_every`` (0 = none), like the official rolling + numbered snapshots (method §6.9).
     """
 
     def __init__(self, root: str | os.PathLike[str], keep_last: int = 2, keep_every: int = 0) -> None:

@@ -1,4 +1,4 @@
-"""Benchmark the GMPI generator: fast factorised alpha path vs the per-plane reference (spec §4.2).
+"""Benchmark the GMPI generator: fast factorised alpha path vs the per-plane reference (docs/method.md §4.2).
 
 Prints a markdown table of median forward times (B=1, default variant) and peak memory for each plane
 count, plus the largest difference between the two paths and a 2D StyleGAN2 forward as the floor.

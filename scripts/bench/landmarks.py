@@ -1,4 +1,4 @@
-"""Benchmark MTCNN landmark detection (``gmpi prep landmarks``, spec §8.1): images/s per CPU core at 256².
+"""Benchmark MTCNN landmark detection (``gmpi prep landmarks``, method §8.1): images/s per CPU core at 256².
 
 Two image sets: synthetic heads (``gmpi_core.data.synthetic``) and 256² crops of ``skimage.data.astronaut()``
 at random offsets (a real face; needs scikit-image). Rows: the detector alone at several batch sizes with

@@ -1,4 +1,4 @@
-"""Benchmark of the MPI renderer: fused kernel vs reference formulation (spec §3).
+"""Benchmark of the MPI renderer: fused kernel vs reference formulation (docs/method.md §3).
 
     python scripts/bench/render.py            # full table on the CPU (a few minutes)
     python scripts/bench/render.py --quick    # three rows, < 1 min

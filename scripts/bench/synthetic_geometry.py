@@ -1,12 +1,12 @@
 """Geometry benchmark on the synthetic heads: does GMPI learn the depth of the faces it draws?
 
 Trains on the synthetic heads at 64² for a fixed training-time budget, in two stages as the method does
-(spec §0, §4.5): a plain 2D StyleGAN2 (``--two-d-fraction`` of the budget, at StyleGAN2's lr 0.002,
+(docs/method.md §0, §4.5): a plain 2D StyleGAN2 (``--two-d-fraction`` of the budget, at StyleGAN2's lr 0.002,
 ``--two-d-lr``), then GMPI initialised from it (the rest, at the preset's lr: 0.001 for the synthetic
 presets, half the official rate, which is tuned for 64 images per step over 8 GPUs). Then, for fresh
-latents rendered at random prior poses (spec §1.4), it reports the depth error of spec §9.3 (z-scored
-MSE inside a face mask) between each render's MPI depth and the pose-matched ground truth: the mean true
-depth map and face mask of the training views within ±0.05 rad of the same yaw AND pitch
+latents rendered at random prior poses (docs/method.md §1.4), it reports the depth error of docs/method.md
+§9.3 (z-scored MSE inside a face mask) between each render's MPI depth and the pose-matched ground truth: the
+mean true depth map and face mask of the training views within ±0.05 rad of the same yaw AND pitch
 (``gmpi_core.eval.geometry.PoseMatchedDepth``; all heads share one layout, so this pseudo ground truth
 is meaningful). Rows of the final table:
 
@@ -14,8 +14,8 @@ is meaningful). Rows of the final table:
 * flat, camera-facing — the 2D stage's image as one opaque plane facing the camera: constant depth, so
   exactly 1.0 by construction of the metric; measured with the same code as a check.
 * flat, world plane — the 2D stage's image on the frontmost MPI plane, all alphas 1 (the official
-  ``stylegan2_sanity_check`` of spec §9.1): a plane fixed in the world, seen from the rotated camera.
-  Its depth is a ramp along the pose, and the metric equals 2(1 − ρ) with ρ the correlation inside the
+  ``stylegan2_sanity_check`` of docs/method.md §9.1): a plane fixed in the world, seen from the rotated
+  camera. Its depth is a ramp along the pose, and the metric equals 2(1 − ρ) with ρ the correlation inside the
   mask; the face's curvature dominates its tilt, so ρ is small and this row scores *above* 1 (and near
   the frontal pose, where the ramp is rounding noise, close to 2).
 * control — fresh true heads turned into 32-plane MPIs (each texel opaque when it lies behind the head's
@@ -27,8 +27,8 @@ is meaningful). Rows of the final table:
 Target: GMPI depth error ≤ 0.5 (half the flat baseline). Also the curve of the GMPI error over stage-2
 steps on the first ``--curve-latents`` of the evaluation set.
 
-Image quality (spec §9.2): FID and KID of ``--fid-images`` GMPI renders at random prior poses, and of as
-many 2D-stage images, against as many *held-out* synthetic heads (dataset seed 1: identities and poses
+Image quality (docs/method.md §9.2): FID and KID of ``--fid-images`` GMPI renders at random prior poses, and
+of as many 2D-stage images, against as many *held-out* synthetic heads (dataset seed 1: identities and poses
 never trained on), TF-Inception features as ``gmpi eval`` computes them (real features cached). With a
 few hundred images FID is biased upwards (KID is not): compare rows of one report, not with papers.
 ``--fid-images 0`` skips it.
@@ -82,7 +82,7 @@ from gmpi_core.train.loop import Trainer
 
 RESOLUTION = 64
 PRESET = "synthetic64"
-EVAL_SEED0 = 10_000  # latents of the evaluation set: torch.manual_seed(10_000 + i) (spec §9.1 style)
+EVAL_SEED0 = 10_000  # latents of the evaluation set: torch.manual_seed(10_000 + i) (method §9.1 style)
 POSE_SEED = 20_000  # generator seed of the evaluation poses
 HELDOUT_SEED = 1  # dataset seed of the FID/KID reals (training data is seed 0)
 NOISE_SEED = 30_000  # synthesis noise of the evaluation renders (fixed: the curve is not noisy by noise)
@@ -233,7 +233,7 @@ def evaluate_flat(
     images, plane_depths = [], []
     for i in range(0, len(ev.seeds), chunk):
         image = two_d_images(gmpi, two_d, ev.seeds[i : i + chunk])
-        # spec §9.1 sanity check: every plane = the 2D image with alpha 1, so the frontmost one is seen
+        # method §9.1 sanity check: every plane = the 2D image with alpha 1, so the frontmost one is seen
         rgba = torch.cat([(image + 1) / 2, torch.ones_like(image[:, :1])], 1).clamp(0, 1)
         rgba = rgba[:, None].expand(-1, n_planes, -1, -1, -1).contiguous()
         mpi = MPI(
@@ -254,8 +254,8 @@ def evaluate_flat(
 
 @torch.no_grad()
 def true_head_mpi(seed: int, index: int, cfg: ExperimentConfig, n_planes: int, gt_res: int = 128) -> MPI:
-    """A fresh synthetic head as an MPI [1, N, 4, T, T]: texel (x, y, d_i) of plane i (spec §2.4) is opaque
-    when the frontal camera (at the world origin, spec §1.3) sees the head's surface in front of it."""
+    """A fresh synthetic head as an MPI [1, N, 4, T, T]: texel (x, y, d_i) of plane i (method §2.4) is opaque
+    when the frontal camera (at the world origin, method §1.3) sees the head's surface in front of it."""
     from gmpi_core.camera import focal_from_fov
     from gmpi_core.data.synthetic import identity_and_pose, render_head
 
@@ -263,7 +263,7 @@ def true_head_mpi(seed: int, index: int, cfg: ExperimentConfig, n_planes: int, g
     params, _, _ = identity_and_pose(seed, index, cam)
     frontal = torch.from_numpy(render_head(params, 0.0, 0.0, gt_res, cam, antialias=1).depth)[None, None]
     dhw, depth_norm = plane_layout(cam, n_planes)
-    ramp = torch.linspace(-1.0, 1.0, t, dtype=torch.float64)  # texel k → x = ramp[k]·w_i/2 (spec §2.4)
+    ramp = torch.linspace(-1.0, 1.0, t, dtype=torch.float64)  # texel k → x = ramp[k]·w_i/2 (method §2.4)
     f = focal_from_fov(cam.fov_deg, gt_res)
     alphas = []
     for d_i, h_i, w_i in dhw.tolist():
@@ -311,8 +311,8 @@ def oracle_errors(table: PoseMatchedDepth, n: int) -> Tensor:
 def image_quality(
     gmpi: GMPI, two_d: torch.nn.Module, cfg: ExperimentConfig, n: int, heldout: Path, n_planes: int
 ) -> dict[str, Any]:
-    """FID/KID (spec §9.2) of ``n`` GMPI renders at prior poses and ``n`` 2D-stage images against ``n``
-    held-out synthetic heads; the seeds follow the geometry evaluation set's (no overlap with it)."""
+    """FID/KID (docs/method.md §9.2) of ``n`` GMPI renders at prior poses and ``n`` 2D-stage images against
+    ``n`` held-out synthetic heads; the seeds follow the geometry evaluation set's (no overlap with it)."""
     from gmpi_core.data.synthetic import synthesize_dataset
     from gmpi_core.eval.fid import (
         RealFeatureCache,
@@ -749,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "truncation_psi": 1.0,
             "pose_tolerance_rad": args.tol,
             "min_matching_views": args.min_count,
-            "metric": "spec §9.3 z-scored depth MSE in the pose-matched face mask; std over images (ddof 0)",
+            "metric": "§9.3 z-scored depth MSE in the pose-matched face mask; std over images (ddof 0)",
             "eval_s": eval_s,
             "gt_load_s": gt_load_s,
         },
@@ -776,7 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"evaluation: {eval_s:.0f} s; GT from {len(table)} views (±{args.tol} rad, ≥{args.min_count} views)"
     )
     print()
-    print("| depth error (spec §9.3) | mean ± std | used | skipped |")
+    print("| depth error (docs/method.md §9.3) | mean ± std | used | skipped |")
     print("|---|---|---|---|")
     for key, summary in rows.items():
         print(
@@ -786,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quality is not None:
         real = quality["real"]
         print()
-        print(f"| image quality vs {real['n']} held-out heads (spec §9.2) | FID | KID × 10³ |")
+        print(f"| image quality vs {real['n']} held-out heads (docs/method.md §9.2) | FID | KID × 10³ |")
         print("|---|---|---|")
         for key, label in (("gmpi", names["gmpi"]), ("two_d_stage", "2D stage (StyleGAN2)")):
             r = quality["rows"][key]

@@ -8,7 +8,7 @@ import numpy as np
 
 
 def sphere_c2w(yaw: float, pitch: float, r: float = 1.0, c: float = 1.0) -> np.ndarray:
-    """Spec §1.3 closed form: camera-to-world of a camera at C on the sphere of radius r around
+    """docs/method.md §1.3 closed form: camera-to-world of a camera at C on the sphere of radius r around
     S = (0, 0, c), looking at S with zero roll."""
     horizontal = r * abs(math.cos(pitch))
     centre = np.array([horizontal * math.sin(yaw), -r * math.sin(pitch), c - horizontal * math.cos(yaw)])

@@ -1,6 +1,6 @@
-"""Cameras (spec §1): intrinsics, sphere poses, pose sampling and real-image pose conversions.
+"""Cameras (docs/method.md §1): intrinsics, sphere poses, pose sampling and real-image pose conversions.
 
-Expected values come from the spec's tables and worked example or from hand derivations written out in
+Expected values come from docs/method.md's tables and worked example or from hand derivations written out in
 the tests, never from the functions under test.
 """
 
@@ -73,7 +73,7 @@ def test_pixel_rays_pass_through_pixel_centres_and_are_unit_length() -> None:
     torch.testing.assert_close(dirs[0, 0], corner / corner.norm())
 
 
-# -- sphere poses (spec §1.3) ------------------------------------------------------------------------------
+# -- sphere poses (method §1.3) ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("radius", [1.0, 2.7])
@@ -126,7 +126,7 @@ def test_w2c_condition_is_row_major_flattened_inverse_in_closed_form() -> None:
         torch.testing.assert_close(cond[b], expected)
 
 
-# -- pose sampling (spec §1.4) -------------------------------------------------------------------------
+# -- pose sampling (method §1.4) -------------------------------------------------------------------------
 
 
 def test_truncated_normal_with_zero_std_returns_mean_exactly() -> None:
@@ -154,7 +154,7 @@ def test_truncated_normal_matches_theoretical_moments() -> None:
 
 
 def test_truncated_normal_keeps_first_inside_candidate_and_clamps_when_none_is() -> None:
-    # the algorithm of spec §1.4, replayed by hand on the same four candidates per sample
+    # the algorithm of docs/method.md §1.4, replayed by hand on the same four candidates per sample
     k, n = 0.5, 2000
     candidates = torch.randn(n, 4, generator=torch.Generator().manual_seed(7))
     samples = sample_truncated_normal(0.0, 1.0, k, n, generator=torch.Generator().manual_seed(7))
@@ -176,7 +176,7 @@ def test_sphere_poses_are_cpu_float32_within_the_prior_and_reproducible() -> Non
     assert yaw.std() > 2 * pitch.std()  # yaw and pitch use their own σ
 
 
-# -- real-image poses (spec §1.6) --------------------------------------------------------------------------
+# -- real-image poses (method §1.6) --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("radius", [1.0, 2.7])
@@ -186,7 +186,7 @@ def test_deep3dface_zero_angle_and_trans_is_identity(radius: float) -> None:
 
 
 def test_deep3dface_single_axis_rotations_equal_sphere_poses() -> None:
-    # spec §1.7: GMPI (pitch, yaw) ↔ Deep3DFace (angle0, −angle1), exact for single-axis rotations
+    # docs/method.md §1.7: GMPI (pitch, yaw) ↔ Deep3DFace (angle0, −angle1), exact for single-axis rotations
     for pitch, yaw in [(0.2, 0.0), (-0.15, 0.0), (0.0, 0.4), (0.0, -0.3)]:
         angle = _t(pitch, -yaw, 0.0)[None]
         w2c = deep3dface_to_w2c(angle, torch.zeros(1, 3, dtype=D), 1.0, 1.0)

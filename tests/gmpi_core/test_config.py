@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from gmpi_core.config import PRESETS, ExperimentConfig, preset
 
-# (fov, near, far, yaw σ, pitch σ, k, c, r, R, channel_base, batch, split) from spec §1.2/§1.4/§2.2/§4.1/§6.2
+# (fov, near, far, yaw σ, pitch σ, k, c, r, R, channel_base, batch, split) from §1.2/§1.4/§2.2/§4.1/§6.2
 SPEC_TABLE = {
     "FFHQ256": (12.6, 0.95, 1.12, 0.289, 0.127, 2, 1.0, 1.0, 256, 16384, 8, 1),
     "FFHQ512": (12.6, 0.95, 1.12, 0.289, 0.127, 2, 1.0, 1.0, 512, 32768, 4, 1),

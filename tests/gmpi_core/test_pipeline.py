@@ -1,4 +1,4 @@
-"""The GMPI pipeline wires generator, plane layout and renderer together (spec §2, §3, §4.3, §9.1)."""
+"""The GMPI pipeline wires generator, plane layout and renderer together (method §2, §3, §4.3, §9.1)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-// Fused MPI renderer for the CPU (spec §3): ray/plane intersection + bilinear sampling + front-to-back
+// Fused MPI renderer for the CPU (docs/method.md §3): ray/plane intersection + bilinear sampling + front-to-back
 // compositing in one pass over the pixels, and its backward w.r.t. the RGBA textures.
 //
 // Every plane is fronto-parallel, so the texel coordinate a pixel sees on plane i is an affine function
@@ -37,7 +37,7 @@
 
 namespace {
 
-constexpr double kTransmittanceEps = 1e-10;  // spec §3.3: T_i = Π_{j<i} (1 − α_j + 1e-10)
+constexpr double kTransmittanceEps = 1e-10;  // docs/method.md §3.3: T_i = Π_{j<i} (1 − α_j + 1e-10)
 // Forward early exit: once a pixel's transmittance T_i drops below kSkipBound / max(2, z_max), the planes
 // behind it change the image (2c − 1, colours in [0, 1]) and the depth by less than kSkipBound, because
 // Σ_{k≥i} α_k T_k ≤ T_i (1 + N·1e-10). The backward never skips (an opaque plane's α-gradient depends
@@ -443,7 +443,7 @@ void forward_impl(const torch::Tensor& tex, const std::vector<View>& views, cons
         scalar_t* out = img_p + b * 3 * H * W + y * W + x0;
         scalar_t* dep = dep_p + b * H * W + y * W + x0;
         for (int64_t x = 0; x < cw; ++x) {
-          out[x] = scalar_t(2) * acc_r[x] - scalar_t(1);  // spec §3.3: image = 2c − 1
+          out[x] = scalar_t(2) * acc_r[x] - scalar_t(1);  // docs/method.md §3.3: image = 2c − 1
           out[H * W + x] = scalar_t(2) * acc_g[x] - scalar_t(1);
           out[2 * H * W + x] = scalar_t(2) * acc_b[x] - scalar_t(1);
           dep[x] = acc_d[x];

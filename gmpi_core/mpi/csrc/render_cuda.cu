@@ -1,4 +1,4 @@
-// Fused MPI renderer for CUDA (spec §3): the same computation as render_cpu.cpp, one thread per pixel.
+// Fused MPI renderer for CUDA (docs/method.md §3): the same computation as render_cpu.cpp, one thread per pixel.
 //
 // Inputs as in render_cpu.cpp: tex [Bt, N, 4, Th, Tw] (Bt = B or 1), rays [B, 9] float64 (pixel → world
 // direction q), maps [B, N, 5] float64 (ax, bx, ay, by, dz): plane i is sampled at texel
@@ -24,7 +24,7 @@
 
 namespace {
 
-constexpr double kTransmittanceEps = 1e-10;  // spec §3.3
+constexpr double kTransmittanceEps = 1e-10;  // docs/method.md §3.3
 constexpr double kSkipBound = 1e-7;
 constexpr int kChunk = 16;
 constexpr int kMaxChunks = 64;  // N ≤ 1024 planes
@@ -122,7 +122,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ tex, const double* _
     T *= scalar_t(1) - a + eps;
   }
   const int64_t HW = static_cast<int64_t>(H) * W, o = static_cast<int64_t>(y) * W + x;
-  image[b * 3 * HW + o] = scalar_t(2) * cr - scalar_t(1);  // spec §3.3: image = 2c − 1
+  image[b * 3 * HW + o] = scalar_t(2) * cr - scalar_t(1);  // docs/method.md §3.3: image = 2c − 1
   image[b * 3 * HW + HW + o] = scalar_t(2) * cg - scalar_t(1);
   image[b * 3 * HW + 2 * HW + o] = scalar_t(2) * cb - scalar_t(1);
   depth[b * HW + o] = cd;

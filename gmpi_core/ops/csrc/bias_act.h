@@ -1,5 +1,5 @@
 // Host-side interface of the fused bias_act kernel (no torch or CUDA headers, so the .cu file can be
-// compiled on its own with `nvcc -c`). Semantics: gmpi_core/ops/bias_act.py (spec §4.1, §11.5).
+// compiled on its own with `nvcc -c`). Semantics: gmpi_core/ops/bias_act.py (docs/method.md §4.1, §11.5).
 #pragma once
 
 #include <cstdint>

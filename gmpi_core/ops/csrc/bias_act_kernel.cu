@@ -1,4 +1,4 @@
-// Fused bias + activation + gain + clamp and its first/second derivatives (spec §4.1, §11.5).
+// Fused bias + activation + gain + clamp and its first/second derivatives (docs/method.md §4.1, §11.5).
 // z = x + b; mode 0 writes clamp(act(z)·gain), mode 1 g·gain·act'(z)·mask, mode 2 g·gain·act''(z)·mask,
 // where mask = 1 iff |gain·act(z)| <= clamp (torch.clamp's gradient convention) or clamping is off.
 #include "bias_act.h"

@@ -1,5 +1,5 @@
 // Host-side interface of the fused upfirdn2d kernel (no torch or CUDA headers, so the .cu file can be
-// compiled on its own with `nvcc -c`). Semantics: gmpi_core/ops/upfirdn2d.py (spec §11.5).
+// compiled on its own with `nvcc -c`). Semantics: gmpi_core/ops/upfirdn2d.py (docs/method.md §11.5).
 #pragma once
 
 #include <cstdint>

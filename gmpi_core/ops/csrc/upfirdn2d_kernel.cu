@@ -1,4 +1,4 @@
-// Fused upsample (zero insertion) + pad/crop + FIR correlation + decimation (spec §11.5).
+// Fused upsample (zero insertion) + pad/crop + FIR correlation + decimation (docs/method.md §11.5).
 // One thread per output sample; only the taps that land on non-inserted input samples are visited.
 #include "common.cuh"
 #include "upfirdn2d.h"

@@ -56,7 +56,7 @@ def _require_dataset(
 
 
 def _require_training_data(storage: Storage, dataset_id: str, use_poses: bool) -> None:
-    """Images, and the head poses GMPI's pose-conditioned discriminator needs (spec §7), before a
+    """Images, and the head poses GMPI's pose-conditioned discriminator needs (docs/method.md §7), before a
     training job is queued rather than as a failure minutes later."""
     prefix = dataset_prefix(dataset_id)
     if not (storage.exists(prefix + "images.zip") or storage.has_any(prefix + "images/")):

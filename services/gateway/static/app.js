@@ -245,7 +245,7 @@ function installOrbitControls(stage) {
     const yawSpan = Number.isFinite(yaw[1] - yaw[0]) ? yaw[1] - yaw[0] : 1;
     const pitchSpan = Number.isFinite(pitch[1] - pitch[0]) ? pitch[1] - pitch[0] : 0.5;
     // dragging right turns the object right (camera moves left, yaw decreases); dragging down shows
-    // more of its top (camera moves up: positive pitch, spec §1.3)
+    // more of its top (camera moves up: positive pitch, docs/method.md §1.3)
     setPose(
       drag.pose.yaw - ((event.clientX - drag.x) / box.width) * yawSpan,
       drag.pose.pitch + ((event.clientY - drag.y) / box.height) * pitchSpan,

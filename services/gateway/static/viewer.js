@@ -1,6 +1,6 @@
 // WebGL renderer of a GMPI multiplane image, numerically mirroring gmpi_core.mpi.render.render_mpi.
 //
-// Conventions (spec §1-§3, the "conventions" block of mpi.json):
+// Conventions (docs/method.md §1-§3, the "conventions" block of mpi.json):
 //   * world = camera axes: +X right, +Y down, +Z forward; cameras orbit (0, 0, c) at radius r (§1.3);
 //   * pinhole, square pixels, principal point at the image centre, rays through pixel centres (§1.2, §3.1);
 //   * plane i is the rectangle z = depth_i, |x| <= w_i/2, |y| <= h_i/2; texel (j, k) of a T-texel side
@@ -10,7 +10,7 @@
 //     exactly back-to-front "over" of non-premultiplied sources onto black, what this file draws.
 // No build step, no dependencies: GLSL ES 1.00 shaders run on WebGL1 and WebGL2 contexts alike.
 
-/** Camera-to-world of the camera at (yaw, pitch) on the sphere (spec §1.3): {x, y, z, centre} (float64). */
+/** Camera-to-world of the camera at (yaw, pitch) on the sphere (docs/method.md §1.3): {x, y, z, centre} (float64). */
 export function sphereCameraToWorld(yaw, pitch, radius, centerZ) {
   const cosP = Math.abs(Math.cos(pitch));
   const centre = [
@@ -24,7 +24,7 @@ export function sphereCameraToWorld(yaw, pitch, radius, centerZ) {
   return { x, y, z, centre };
 }
 
-/** Column-major 4x4 world-to-camera matrix (rows x_c, y_c, z_c of c2w, translation -R·C), spec §1.5. */
+/** Column-major 4x4 world-to-camera matrix (rows x_c, y_c, z_c of c2w, translation -R·C), docs/method.md §1.5. */
 export function worldToCamera({ x, y, z, centre }) {
   const t = [-dot(x, centre), -dot(y, centre), -dot(z, centre)];
   // column-major for uniformMatrix4fv: element (row r, column k) at index 4k + r
@@ -37,7 +37,7 @@ export function worldToCamera({ x, y, z, centre }) {
   ]);
 }
 
-/** Focal length in device pixels of a square view: render_mpi's f = W / (2 tan(fov/2)) (spec §1.2). */
+/** Focal length in device pixels of a square view: render_mpi's f = W / (2 tan(fov/2)) (docs/method.md §1.2). */
 export function focalPixels(fovDeg, size) {
   return size / (2 * Math.tan((fovDeg * Math.PI) / 360));
 }
@@ -69,7 +69,7 @@ function normalize(v) {
 // -- textures -------------------------------------------------------------------------------------------
 
 // createImageBitmap options that keep the exported bytes as they are: no premultiplication (RGB under
-// zero alpha is read by bilinear sampling, spec §3.2) and no colour management (8-bit value / 255 is the
+// zero alpha is read by bilinear sampling, docs/method.md §3.2) and no colour management (8-bit value / 255 is the
 // renderer's value).
 const RAW_BITMAP = { premultiplyAlpha: "none", colorSpaceConversion: "none" };
 
@@ -289,7 +289,7 @@ export class MpiRenderer {
     const { width, height } = this.canvas;
     const view = this.view;
     const target = this.useFloatAccumulation ? this.accumulationTarget(view.size, view.size) : null;
-    gl.clearColor(0, 0, 0, 1); // no implicit background (spec §3.3): uncovered pixels stay black
+    gl.clearColor(0, 0, 0, 1); // no implicit background (docs/method.md §3.3): uncovered pixels stay black
     if (target) {
       gl.bindFramebuffer(gl.FRAMEBUFFER, target.framebuffer);
       gl.viewport(0, 0, view.size, view.size);
@@ -317,7 +317,7 @@ export class MpiRenderer {
     gl.uniform2f(uniforms.u_focal_ndc, focalNdc, focalNdc);
     gl.uniform1i(uniforms.u_texture, 0);
     this.bindQuad();
-    // "over" with a non-premultiplied source: C = a·c + (1 − a)·C (spec §3.3 unrolled back to front);
+    // "over" with a non-premultiplied source: C = a·c + (1 − a)·C (docs/method.md §3.3 unrolled back to front);
     // destination alpha accumulates coverage the same way.
     gl.enable(gl.BLEND);
     gl.blendEquation(gl.FUNC_ADD);

@@ -5,10 +5,10 @@ pickler whose ``save_global`` writes chosen ``module.name`` pairs for placeholde
 reference exactly the globals real ones do (``torch_utils.persistence._reconstruct_persistent_obj``,
 ``dnnlib.util.EasyDict``, ``yacs.config.CfgNode``, ...) without any fake module in ``sys.modules``.
 Tensors are pickled by PyTorch itself: ``torch._utils._rebuild_tensor_v2`` over legacy (non-zip)
-``torch.save`` blobs via ``torch.storage._load_from_bytes``, as in the 2020 pickles (spec §11.2).
+``torch.save`` blobs via ``torch.storage._load_from_bytes``, as in the 2020 pickles (docs/method.md §11.2).
 
 The networks mirror StyleGAN2-ADA's class nesting (Generator → synthesis → b4 → conv1 → affine, ...),
-its ``_init_args``/``_init_kwargs`` (spec §11.3) and its tensor names and shapes (spec §11.4).
+its ``_init_args``/``_init_kwargs`` (method §11.3) and its tensor names and shapes (method §11.4).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class Persistent:
 
 
 def flatten(node: Persistent, prefix: str = "") -> dict[str, Tensor]:
-    """PyTorch ``state_dict`` order: own parameters, own buffers, then children (spec §11.4)."""
+    """PyTorch ``state_dict`` order: own parameters, own buffers, then children (docs/method.md §11.4)."""
     state = node.meta["state"]
     out: dict[str, Tensor] = {}
     for group in ("_parameters", "_buffers"):
@@ -448,7 +448,7 @@ class SG2Config:
         return 2 * len(self.block_resolutions)  # 1 conv at 4², 2 per other block, +1 for the last ToRGB
 
     def generator_init_kwargs(self) -> dict[str, Any]:
-        """What SG2's training script passes (spec §11.3): no architecture, no defaults."""
+        """What SG2's training script passes (docs/method.md §11.3): no architecture, no defaults."""
         return {
             "z_dim": self.z_dim,
             "w_dim": self.w_dim,
@@ -539,7 +539,7 @@ def build_tf_pickle() -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Official GMPI checkpoint directories (spec §6.9)
+# Official GMPI checkpoint directories (docs/method.md §6.9)
 
 
 def fixture_pickle_module() -> types.ModuleType:

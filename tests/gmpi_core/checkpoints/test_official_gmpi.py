@@ -1,4 +1,4 @@
-"""Official GMPI checkpoints: config.pth / generator.pth / ema.pth (spec §6.8, §6.9, §9.1, §11.4)."""
+"""Official GMPI checkpoints: config.pth / generator.pth / ema.pth (method §6.8, §6.9, §9.1, §11.4)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from gmpi_core.networks import GMPIGenerator
 
 from .fixtures import GlobalRef, Reduce, fixture_pickle_module, official_config, write_official_checkpoint
 
-# What train.py builds for the tiny FFHQ256 fixture config, written out by hand (spec §4.1, §6.2):
+# What train.py builds for the tiny FFHQ256 fixture config, written out by hand (docs/method.md §4.1, §6.2):
 # channel_base = fmaps(256) = 0.5 × 2048, fp16/clamp on above 128², z = w = 512, 2 mapping layers.
 TINY_FFHQ256: dict[str, Any] = {
     "z_dim": 512,
@@ -77,7 +77,7 @@ def test_ema_parameters_land_on_their_names_and_buffers_stay_fresh(
     assert len(params) == 20 * 7 + 14 * 6 + 10 + 2 * 2  # per block ≤256: 20 GMPI + SG2's; 2 mapping layers
     for name in params:
         torch.testing.assert_close(loaded[name], state[name] + 1, rtol=0, atol=0, msg=name)
-    assert torch.equal(loaded["mapping.w_avg"], torch.zeros(512))  # the official evaluation quirk (spec §9.1)
+    assert torch.equal(loaded["mapping.w_avg"], torch.zeros(512))  # the official evaluation quirk (§9.1)
     assert not torch.equal(loaded["synthesis.b8.conv0.noise_const"], state["synthesis.b8.conv0.noise_const"])
 
 
@@ -180,7 +180,7 @@ def test_variant_dispatch_and_learnable_tokens_get_the_training_plane_depths() -
         assert kw["alpha_head"] == head
     cfg = official_config("FFHQ256", torgba_cond_on_pos_enc_embed_func="learnable_param")
     depths = official_generator_kwargs(cfg)[1]["train_plane_depth_norm"]
-    # FFHQ, 32 planes, inverse spacing in [0.95, 1.12]: z̃ = 0, 0.027496, 0.055265, …, 0.962188, 1 (spec §2.4)
+    # FFHQ, 32 planes, inverse spacing in [0.95, 1.12]: z̃ = 0, 0.027496, 0.055265, …, 0.962188, 1 (§2.4)
     assert len(depths) == 32
     assert depths[0] == 0 and depths[-1] == pytest.approx(1, abs=1e-6)
     assert depths[1:3] == pytest.approx([0.027496, 0.055265], abs=2e-6)

@@ -1,4 +1,4 @@
-"""The allow-list unpickler refuses every other global before it can run (spec §11.2)."""
+"""The allow-list unpickler refuses every other global before it can run (docs/method.md §11.2)."""
 
 from __future__ import annotations
 

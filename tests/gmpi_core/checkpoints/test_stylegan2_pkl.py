@@ -267,7 +267,7 @@ def test_protocol_3_pickles_with_an_augment_pipe_load() -> None:
 
 
 def _fc(x: Tensor, t: dict[str, Tensor], prefix: str, lr: float = 1.0, act: str = "linear") -> Tensor:
-    """SG2 FullyConnectedLayer in float64: x (g_w W)ᵀ + g_b b, g_w = lr/√in, g_b = lr (spec §4.1)."""
+    """SG2 FullyConnectedLayer in float64: x (g_w W)ᵀ + g_b b, g_w = lr/√in, g_b = lr (method §4.1)."""
     w, b = t[prefix + ".weight"].double(), t[prefix + ".bias"].double()
     y = x @ (w * (lr / math.sqrt(w.shape[1]))).T + b * lr
     return F.leaky_relu(y, 0.2) * math.sqrt(2) if act == "lrelu" else y
@@ -275,7 +275,7 @@ def _fc(x: Tensor, t: dict[str, Tensor], prefix: str, lr: float = 1.0, act: str 
 
 def _b4_rgb_reference(t: dict[str, Tensor], ws: Tensor, clamp: float) -> Tensor:
     """Block 4 of SG2 from the raw tensors (float64): const → conv1 (modulated, demodulated, const noise,
-    bias, lrelu·√2, clamp) → ToRGB (modulated 1×1 without demodulation, bias, clamp) (spec §4.1)."""
+    bias, lrelu·√2, clamp) → ToRGB (modulated 1×1 without demodulation, bias, clamp) (docs/method.md §4.1)."""
     ws = ws.double()
     x = t["synthesis.b4.const"].double()[None].expand(ws.shape[0], -1, -1, -1)
     outs = []
@@ -301,7 +301,7 @@ def test_loaded_generator_holds_G_ema_and_its_first_block_matches_an_independent
     _assert_same_tensors(G.state_dict(), fx.G_ema)
 
     z = torch.randn([3, CFG.z_dim], generator=torch.Generator().manual_seed(1))
-    # mapping: w = FC_L ∘ … ∘ FC_1(norm2(z)), lr multiplier 0.01, lrelu (spec §4.1)
+    # mapping: w = FC_L ∘ … ∘ FC_1(norm2(z)), lr multiplier 0.01, lrelu (docs/method.md §4.1)
     x = z.double() / (z.double().square().mean(1, keepdim=True) + 1e-8).sqrt()
     for i in range(CFG.mapping_layers):
         x = _fc(x, fx.G_ema, f"mapping.fc{i}", lr=0.01, act="lrelu")
@@ -351,7 +351,7 @@ def test_generator_with_mismatched_tensors_is_refused_with_their_names(fx: SG2Fi
         load_state_dict_strict(G, pkl.G_ema.state_dict, source="G_ema")
 
 
-# -- GMPI initialisation (spec §4.5) -------------------------------------------------------------------
+# -- GMPI initialisation (method §4.5) -------------------------------------------------------------------
 
 
 def test_gmpi_initialisation_copies_G_ema_and_D_by_name_and_broadcasts_b4_out(
@@ -392,7 +392,7 @@ def test_gmpi_new_tensors_are_deterministic_in_the_seed_and_leave_the_global_rng
 
 
 def test_gmpi_new_tensors_follow_the_official_rng_sequence(fx: SG2Fixture) -> None:
-    """train.py: manual_seed(123), 25 fixed latents on the CPU, then G, then D (spec §4.5, §6.9)."""
+    """train.py: manual_seed(123), 25 fixed latents on the CPU, then G, then D (docs/method.md §4.5, §6.9)."""
     from gmpi_core.networks import Discriminator, GMPIGenerator
 
     G, D = init_gmpi_from_stylegan2(fx.data)
@@ -409,7 +409,7 @@ def test_gmpi_new_tensors_follow_the_official_rng_sequence(fx: SG2Fixture) -> No
 def test_gmpi_planes_carry_the_tanh_of_the_stylegan2_image(
     fx: SG2Fixture, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Plane RGB = ½(1 + tanh(SG2 image)) for every plane but the background (spec §4.3)."""
+    """Plane RGB = ½(1 + tanh(SG2 image)) for every plane but the background (docs/method.md §4.3)."""
     with caplog.at_level(logging.INFO, logger="gmpi_core.checkpoints"):
         G, _ = init_gmpi_from_stylegan2(fx.data)
     assert any(

@@ -1,4 +1,4 @@
-"""The dataset reader: images from zips and folders with their cameras (spec §7, §1.5, §1.6, §8.1)."""
+"""The dataset reader: images from zips and folders with their cameras (method §7, §1.5, §1.6, §8.1)."""
 
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def test_metfaces_folder_picks_up_xflip_copies_with_their_own_poses(tmp_path: Pa
 def test_afhq_folder_or_zip_with_eg3d_dataset_json_gives_the_converted_cameras(tmp_path: Path) -> None:
     c2w = np.eye(4)
     c2w[:3, :3] = np.diag([1.0, -1.0, -1.0])
-    c2w[2, 3] = 2.7  # EG3D's frontal camera: GMPI identity (spec §1.6)
+    c2w[2, 3] = 2.7  # EG3D's frontal camera: GMPI identity (docs/method.md §1.6)
     names = ["img00000000.png", "img00000001.png"]
     for name in names:
         PIL.Image.fromarray(flat(50)).save(tmp_path / name)

@@ -1,6 +1,7 @@
-"""Pose sources: Deep3DFace folders, EG3D dataset.json, our JSON poses (spec §1.3, §1.5, §1.6, §7, §8.1).
+"""Pose sources: Deep3DFace folders, EG3D dataset.json, our JSON poses (method §1.3, §1.5, §1.6, §7, §8.1).
 
-Expected matrices come from the spec's closed forms written out here in float64 numpy, not from the code.
+Expected matrices come from docs/method.md's closed forms written out here in float64 numpy, not from the
+code.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def eg3d_lookat_c2w(position: np.ndarray) -> np.ndarray:
 
 
 def rot_xyz(a: np.ndarray) -> np.ndarray:
-    """R = Rz(a3) Ry(a2) Rx(a1) (spec §1.6)."""
+    """R = Rz(a3) Ry(a2) Rx(a1) (docs/method.md §1.6)."""
     (cx, cy, cz), (sx, sy, sz) = np.cos(a), np.sin(a)
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
@@ -71,7 +72,7 @@ def test_yaw_is_minus_angle1_and_pitch_is_angle0(tmp_path: Path) -> None:
 def test_single_axis_deep3dface_rotation_lands_on_the_gmpi_sphere_camera(
     tmp_path: Path, angle: tuple[float, ...], yaw: float, pitch: float
 ) -> None:
-    # spec §1.7: for pure yaw or pure pitch, §1.6 with trans = 0 equals §1.3 at (yaw, pitch) = (-a2, a1)
+    # method §1.7: for pure yaw or pure pitch, §1.6 with trans = 0 equals §1.3 at (yaw, pitch) = (-a2, a1)
     write_deep3dface_mat(tmp_path / "x.mat", angle, [0, 0, 0])
     w2c = Deep3DFacePoses(tmp_path, 1.0, 1.0).pose("x.png").w2c.double().numpy()
     np.testing.assert_allclose(w2c, sphere_w2c(yaw, pitch, 1.0, 1.0), atol=1e-6)
@@ -82,7 +83,7 @@ def test_translated_face_keeps_rotation_and_puts_camera_on_the_sphere(tmp_path: 
     write_deep3dface_mat(tmp_path / "x.mat", angle, [0.05, -0.08, 0.4])
     w2c = Deep3DFacePoses(tmp_path, radius=1.0, center_z=1.0).pose("x.png").w2c.double().numpy()
     rot = w2c[:3, :3]
-    # rotation of F T(-10z) [R|t] F T(-cz) is F R F (spec §1.6); renormalisation leaves it untouched
+    # rotation of F T(-10z) [R|t] F T(-cz) is F R F (docs/method.md §1.6); renormalisation leaves it untouched
     np.testing.assert_allclose(rot, F3 @ rot_xyz(angle.astype(np.float32).astype(np.float64)) @ F3, atol=1e-6)
     centre = -rot.T @ w2c[:3, 3]
     assert np.linalg.norm(centre - np.array([0.0, 0.0, 1.0])) == pytest.approx(1.0, abs=1e-6)

@@ -1,4 +1,4 @@
-"""Synthetic heads: exact geometry, cameras and the FFHQ on-disk layouts (spec §1.2-§1.6, §2.2, §7, §8.1).
+"""Synthetic heads: exact geometry, cameras and the FFHQ on-disk layouts (method §1.2-§1.6, §2.2, §7, §8.1).
 
 Expected values are derived here by hand in float64 numpy — the §1.3 closed-form camera, the pinhole of
 §1.2, the ray–ellipsoid quadratic — from the identity's own parameters, never from the renderer.
@@ -34,7 +34,7 @@ from tests.gmpi_core.closed_form import sphere_c2w as true_c2w
 
 CAMERA = preset("FFHQ256").camera  # fov 12.6°, planes 0.95…1.12, c = r = 1
 BACKGROUND_Z = 1.12 - 1e-3  # the documented background plane: just before d_far
-TAN_HALF_FOV = math.tan(math.radians(12.6) / 2)  # 0.110401 (spec §1.2 table)
+TAN_HALF_FOV = math.tan(math.radians(12.6) / 2)  # 0.110401 (docs/method.md §1.2 table)
 N_IMAGES, RES = 5, 32
 
 
@@ -47,7 +47,7 @@ def pixel_rays(res: int) -> np.ndarray:
 
 
 def project(point: np.ndarray, c2w: np.ndarray, res: int) -> np.ndarray:
-    """Pixel coordinates (x, y) of a world point: u = f X/Z + W/2 (spec §1.2)."""
+    """Pixel coordinates (x, y) of a world point: u = f X/Z + W/2 (docs/method.md §1.2)."""
     cam = c2w[:3, :3].T @ (point - c2w[:3, 3])
     f = res / (2 * TAN_HALF_FOV)
     return f * cam[:2] / cam[2] + res / 2
@@ -109,7 +109,7 @@ def test_image_i_depends_only_on_seed_and_i_not_on_n_and_differs_across_seeds(
         assert other[key] != full[key]
 
 
-# --- layouts (spec §7, §1.6, §8.1) -------------------------------------------------------------------
+# --- layouts (method §7, §1.6, §8.1) -------------------------------------------------------------------
 
 
 def test_zip_has_dataset_tool_members_rgb_pngs_and_null_labels(dataset: Path) -> None:
@@ -252,7 +252,7 @@ def test_far_mouth_corner_is_hidden_beyond_the_prior_and_still_written_with_the_
 def test_nose_tip_projects_to_the_hand_computed_pixel_for_a_yawed_pose() -> None:
     params = sample_identity(np.random.default_rng(11))
     c2w = true_c2w(0.3, 0.1)
-    # spec §1.3 example: C = (0.294044, −0.099833, 0.049436), x_c = (0.955336, 0, 0.29552)
+    # docs/method.md §1.3 example: C = (0.294044, −0.099833, 0.049436), x_c = (0.955336, 0, 0.29552)
     np.testing.assert_allclose(c2w[:3, 3], [0.294044, -0.099833, 0.049436], atol=1e-6)
     np.testing.assert_allclose(c2w[:3, 0], [0.955336, 0.0, 0.29552], atol=1e-6)
     (_, hy, hz), (ax, ay, az) = params.head_center, params.head_radii

@@ -1,4 +1,4 @@
-"""FID/KID: TF1 resize, the TF-Inception wrapper, the Fréchet/KID math, the real-feature cache (spec §9.2)."""
+"""FID/KID: TF1 resize, the TF-Inception wrapper, the Fréchet/KID math, the real-feature cache (§9.2)."""
 
 import math
 import os

@@ -1,4 +1,4 @@
-"""Depth and pose metrics (spec §9.3, §9.4) and the pose-matched ground truth, against hand-derived values."""
+"""Depth and pose metrics (§9.3, §9.4) and the pose-matched ground truth, against hand-derived values."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _exact(ref: torch.Tensor, k: float) -> torch.Tensor:
 
 
 def _numpy_error(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Spec §9.3 on the selected pixels only (1-D float64 vectors), written the plain way."""
+    """docs/method.md §9.3 on the selected pixels only (1-D float64 vectors), written the plain way."""
     zp = (pred - pred.mean()) / (pred.std() + 1e-8)
     zr = (ref - ref.mean()) / (ref.std() + 1e-8)
     return float(np.mean((zp - zr) ** 2))

@@ -1,4 +1,4 @@
-"""Identity consistency: cosine math, alignment, FaceNet (cv2.dnn) and the ArcFace ONNX path (spec §9.5)."""
+"""Identity consistency: cosine math, alignment, FaceNet (cv2.dnn) and the ArcFace ONNX path (method §9.5)."""
 
 import importlib.util
 import math

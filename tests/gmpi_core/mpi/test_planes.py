@@ -1,4 +1,4 @@
-"""Plane placement (spec §2): depths, extents and texel coordinates against the spec's numbers."""
+"""Plane placement (method §2): depths, extents and texel coordinates against docs/method.md's numbers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The MPI renderer (spec §3): analytic scenes, fused == reference, gradients, out-of-bounds handling.
+"""The MPI renderer (method §3): analytic scenes, fused == reference, gradients, out-of-bounds handling.
 
 Analytic expectations are derived by hand in the tests: for a camera at yaw θ on the FFHQ sphere (c = r = 1)
 the centre is C = (sin θ, 0, 1 − cos θ) and the axes x_c = (cos θ, 0, sin θ), y_c = (0, 1, 0),

@@ -1,4 +1,4 @@
-"""Discriminator: spec §5 equations in float64, SG2 names/shapes/order (spec §11.4), parameter counts."""
+"""Discriminator: method §5 equations in float64, SG2 names/shapes/order (method §11.4), parameter counts."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _randomise(module: torch.nn.Module, seed: int) -> None:
 
 
 def block_reference(block: DiscriminatorBlock, x: Tensor, clamp: float) -> Tensor:
-    """Resnet block (spec §5) written out: conv layers are equalised-lr correlations (gain 1/sqrt(Cin k²))."""
+    """Resnet block (§5) written out: conv layers are equalised-lr correlations (gain 1/sqrt(Cin k²))."""
     if block.in_channels == 0:
         rgb = block.fromrgb
         z = F.conv2d(x, p64(rgb.weight) / math.sqrt(x.shape[1])) + p64(rgb.bias).reshape(1, -1, 1, 1)
@@ -68,7 +68,7 @@ def tiny_d(c_dim: int = 16, conv_clamp: float | None = 256, **kwargs: object) ->
 
 
 # ------------------------------------------------------------------------------------------------
-# Sizes, names, order (spec §5 table, §11.4)
+# Sizes, names, order (docs/method.md §5 table, §11.4)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_parameter_count_matches_spec_table(resolution: int, channel_base: int, 
 
 
 def expected_state_dict(channels: dict[int, int], c_dim: int) -> list[tuple[str, tuple[int, ...]]]:
-    """Names and shapes of spec §11.4 (SG2 registers ``resample_filter`` in every Conv2dLayer)."""
+    """Names and shapes of docs/method.md §11.4 (SG2 registers ``resample_filter`` in every Conv2dLayer)."""
     res = sorted(channels, reverse=True)
     out: list[tuple[str, tuple[int, ...]]] = []
     for r in res[:-1]:
@@ -117,7 +117,7 @@ def expected_state_dict(channels: dict[int, int], c_dim: int) -> list[tuple[str,
 
 @pytest.mark.parametrize("c_dim", [16, 0])
 def test_state_dict_names_shapes_and_order_match_spec_for_256(c_dim: int) -> None:
-    channels = dict(zip([256, 128, 64, 32, 16, 8, 4], [64, 128, 256, 512, 512, 512, 512]))  # spec §5 table
+    channels = dict(zip([256, 128, 64, 32, 16, 8, 4], [64, 128, 256, 512, 512, 512, 512]))  # method §5 table
     with torch.device("meta"):
         d = Discriminator(256, channel_base=16384, c_dim=c_dim)
     got = [(k, tuple(v.shape)) for k, v in d.state_dict().items()]
@@ -130,7 +130,7 @@ def test_channels_for_1024_follow_channel_base_rule() -> None:
     with torch.device("meta"):
         d = Discriminator(1024, channel_base=32768)
     tmp = [getattr(d, f"b{r}").tmp_channels for r in d.block_resolutions] + [d.b4.in_channels]
-    assert tmp == [32, 64, 128, 256, 512, 512, 512, 512, 512]  # spec §5 table, r = 1024 … 4
+    assert tmp == [32, 64, 128, 256, 512, 512, 512, 512, 512]  # docs/method.md §5 table, r = 1024 … 4
 
 
 def test_fp16_blocks_are_the_num_fp16_res_highest_resolutions() -> None:
@@ -197,7 +197,7 @@ def test_discriminator_block_equals_float64_resnet_composition(first: bool) -> N
 
 
 def discriminator_reference(d: Discriminator, img: Tensor, c: Tensor) -> Tensor:
-    """Whole D (spec §5) in float64 for a 2-block, group-1 mbstd discriminator."""
+    """Whole D (docs/method.md §5) in float64 for a 2-block, group-1 mbstd discriminator."""
     x = img.double()
     for r in d.block_resolutions:
         x = block_reference(getattr(d, f"b{r}"), x, clamp=256)
@@ -224,8 +224,8 @@ def test_discriminator_equals_float64_composition_with_pose_projection() -> None
 
 
 def test_identical_out_rows_give_sg2_logit_times_sum_of_pose_embedding_over_four() -> None:
-    # The pretrained SG2 D loads into GMPI's by broadcasting b4.out [1,C] to all 16 rows (spec §5). Then
-    # every o_k equals the unconditional logit u, so logit = u · Σ_k m_k / sqrt(16).
+    # The pretrained SG2 D loads into GMPI's by broadcasting b4.out [1,C] to all 16 rows (docs/method.md §5).
+    # Then every o_k equals the unconditional logit u, so logit = u · Σ_k m_k / sqrt(16).
     cond, uncond = tiny_d(c_dim=16), tiny_d(c_dim=0)
     _randomise(uncond, 6)
     sd = uncond.state_dict()

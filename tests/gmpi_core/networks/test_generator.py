@@ -1,5 +1,5 @@
-"""GMPI and StyleGAN2 generators: sizes and names (spec §4.5, §11.4), the four alpha heads (spec §4.4),
-output assembly (spec §4.3) and the fast factorised alpha path against the per-plane reference."""
+"""GMPI and StyleGAN2 generators: sizes and names (method §4.5, §11.4), the four alpha heads (method §4.4),
+output assembly (docs/method.md §4.3) and the fast factorised alpha path against the per-plane reference."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ TINY = {
 
 
 def ffhq_train_depth_norm(n: int = 32, near: float = 0.95, far: float = 1.12) -> list[float]:
-    """z̃ of N planes uniform in disparity between near and far (spec §2.2, §2.4)."""
+    """z̃ of N planes uniform in disparity between near and far (docs/method.md §2.2, §2.4)."""
     depths = [1 / (1 / near - i / (n - 1) * (1 / near - 1 / far)) for i in range(n)]
     return [(d - near) / (far - near) for d in depths]
 
@@ -56,7 +56,7 @@ def test_parameter_counts_at_256_match_the_official_networks() -> None:
     g = GMPIGenerator(img_resolution=256, channel_base=16384)
     params = list(g.parameters())
     assert sum(p.numel() for p in params) == 30_145_984
-    assert len(params) == 250  # the length of the official ema.pth shadow list (spec §11.4)
+    assert len(params) == 250  # the length of the official ema.pth shadow list (docs/method.md §11.4)
     sg2 = StyleGAN2Generator(img_resolution=256, channel_base=16384)
     assert sum(p.numel() for p in sg2.parameters()) == 24_767_458
 
@@ -139,7 +139,7 @@ def test_alpha_head_shapes_follow_spec_4_5(res: int) -> None:
     }
     for name, shape in expected.items():
         assert tuple(sd[p + name].shape) == shape, name
-    for i in range(1, 5):  # affine biases start at 1 (spec §4.5)
+    for i in range(1, 5):  # affine biases start at 1 (docs/method.md §4.5)
         assert torch.all(sd[p + f"pos_enc_embed.affine{i}.bias"] == 1)
 
 
@@ -165,7 +165,7 @@ def test_pretrained_stylegan2_weights_load_by_name_and_give_the_2d_image_and_pla
         image = sg2(z, noise_mode="const")
         torch.testing.assert_close(g.synthesize_2d(ws, noise_mode="const"), image)
         mpi = g(z, torch.linspace(0, 1, 4), noise_mode="const")
-    for i in range(3):  # planes 0..N-2 carry ½(1 + tanh(SG2 image)) (spec §4.3)
+    for i in range(3):  # planes 0..N-2 carry ½(1 + tanh(SG2 image)) (docs/method.md §4.3)
         torch.testing.assert_close(mpi[:, i, :3], (torch.tanh(image) + 1) / 2)
 
 

@@ -1,4 +1,4 @@
-"""StyleGAN2 layers against float64 compositions written out from the equations of spec §4.1 / §5."""
+"""StyleGAN2 layers against float64 compositions written out from the equations of method §4.1 / §5."""
 
 from __future__ import annotations
 
@@ -201,8 +201,8 @@ def test_synthesis_layer_without_noise_equals_float64_composition(gain: float) -
 
 
 def test_synthesis_layer_upsampling_is_zero_insertion_fir_and_true_convolution() -> None:
-    # SG2 semantics of up=2 (spec §4.1): upfirdn2d(x, f, up=2, pad=[3,2], gain=4), then a true (flipped)
-    # 3×3 convolution without padding: 4×4 → (8+5-3) = 10 → 8.
+    # SG2 semantics of up=2 (docs/method.md §4.1): upfirdn2d(x, f, up=2, pad=[3,2], gain=4), then a true
+    # (flipped) 3×3 convolution without padding: 4×4 → (8+5-3) = 10 → 8.
     torch.manual_seed(8)
     layer = SynthesisLayer(3, 2, w_dim=4, resolution=8, up=2)
     _randomise(layer, 1)

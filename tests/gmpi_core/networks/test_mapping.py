@@ -1,4 +1,4 @@
-"""MappingNetwork: the equation of spec §4.1, w_avg bookkeeping, truncation, SG2 names (spec §11.4)."""
+"""MappingNetwork: the equation of method §4.1, w_avg bookkeeping, truncation, SG2 names (method §11.4)."""
 
 from __future__ import annotations
 

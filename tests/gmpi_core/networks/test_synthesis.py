@@ -1,4 +1,4 @@
-"""Synthesis network and the alpha-head math against formulas written out from spec §4.1-4.4."""
+"""Synthesis network and the alpha-head math against formulas written out from docs/method.md §4.1-4.4."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bias_act: y = clamp(act(x + b) * gain, ±clamp) against float64 numpy formulas (spec §4.1, §11.5)."""
+"""bias_act: y = clamp(act(x + b) * gain, ±clamp) against float64 numpy formulas (method §4.1, §11.5)."""
 
 import math
 import warnings

@@ -1,4 +1,4 @@
-"""conv2d_resample equals the plain "zero-insert + FIR, conv2d, FIR + decimate" composition (spec §11.5)."""
+"""conv2d_resample equals the plain "zero-insert + FIR, conv2d, FIR + decimate" composition (method §11.5)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""fma(a, b, c) = a*b + c with gradients reduced to each operand's broadcast shape (spec §11.5)."""
+"""fma(a, b, c) = a*b + c with gradients reduced to each operand's broadcast shape (docs/method.md §11.5)."""
 
 import pytest
 import torch

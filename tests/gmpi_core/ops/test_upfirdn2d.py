@@ -1,4 +1,4 @@
-"""upfirdn2d and helpers against a float64 numpy model: zero-insert, pad, convolve, decimate (spec §11.5)."""
+"""upfirdn2d and helpers against a float64 numpy model: zero-insert, pad, convolve, decimate (§11.5)."""
 
 from typing import Any
 

@@ -1,4 +1,4 @@
-"""``gmpi prep landmarks`` (spec §8.1): official output layout, failures, resumability, MetFaces x-flip."""
+"""``gmpi prep landmarks`` (method §8.1): official output layout, failures, resumability, MetFaces x-flip."""
 
 from __future__ import annotations
 

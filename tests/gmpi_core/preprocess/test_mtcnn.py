@@ -1,5 +1,5 @@
-"""MTCNN (spec §8.1): the geometry helpers against hand-worked cases, the detector against facenet-pytorch's
-output on the same weights, measured on this machine (docs: offline-components.md §2)."""
+"""MTCNN (docs/method.md §8.1): the geometry helpers against hand-worked cases, the detector against
+facenet-pytorch's output on the same weights, measured on this machine."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Offline head pose from 5 landmarks (spec §1.2, §1.6, §1.7, §8.1, §8.2).
+"""Offline head pose from 5 landmarks (docs/method.md §1.2, §1.6, §1.7, §8.1, §8.2).
 
-Expected values come from the spec's formulas written out here in float64 numpy: the Deep3DFace camera
+Expected values come from docs/method.md's formulas written out here in float64 numpy: the Deep3DFace camera
 (X_w = R_z R_y R_x X + trans, camera 10 units up +Z looking down −Z, f = W / (2 tan(fov/2)), principal
 point W/2), GMPI's sphere camera (§1.3 closed form) and Deep3DFaceRecon's POS alignment — never from the
 estimator's own helpers.
@@ -50,7 +50,7 @@ RES, N_IMAGES = 128, 64
 
 
 def rotation_zyx(a: float, b: float, g: float) -> np.ndarray:
-    """R_z(g) R_y(b) R_x(a), right-handed elementary rotations (spec §1.6)."""
+    """R_z(g) R_y(b) R_x(a), right-handed elementary rotations (docs/method.md §1.6)."""
     rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
     ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
     rz = np.array([[math.cos(g), -math.sin(g), 0], [math.sin(g), math.cos(g), 0], [0, 0, 1]])
@@ -102,7 +102,7 @@ def test_template_projected_with_known_pose_is_recovered_exactly(template, angle
     np.testing.assert_allclose(est.angle, angle, atol=1e-7)
     np.testing.assert_allclose(est.trans, trans, atol=1e-6)
     assert est.reproj_err_px < 1e-6
-    # GMPI's names for the same numbers (spec §1.7)
+    # GMPI's names for the same numbers (docs/method.md §1.7)
     assert (est.yaw, est.pitch, est.roll) == pytest.approx((-angle[1], angle[0], -angle[2]), abs=1e-7)
 
 
@@ -113,8 +113,8 @@ def test_non_square_images_use_their_own_principal_point() -> None:
 
 
 def test_estimate_turns_into_the_true_gmpi_camera_of_a_synthetic_head() -> None:
-    """Spec §1.6 compatibility: the head's own 3D landmarks, seen by GMPI's sphere camera (§1.2, §1.3),
-    give an (angle, trans) that ``deep3dface_to_w2c`` maps back to that camera."""
+    """docs/method.md §1.6 compatibility: the head's own 3D landmarks, seen by GMPI's sphere camera (§1.2,
+    §1.3), give an (angle, trans) that ``deep3dface_to_w2c`` maps back to that camera."""
     params, yaw, pitch = identity_and_pose(0, 5, CAMERA)
     world = landmarks_3d(params)
     w2c = sphere_w2c(yaw, pitch)
@@ -167,9 +167,9 @@ def test_mirrored_landmarks_flip_yaw_and_roll_and_keep_pitch(template: str, cali
 
 
 def test_astronaut_is_near_frontal_and_its_mirror_flips_yaw() -> None:
-    """Field notes §2/§4 landmarks. Yaw and roll are small on this frontal face and flip on the mirror;
+    """The astronaut's MTCNN landmarks. Yaw and roll are small on this frontal face and flip on the mirror;
     pitch keeps a bias (a broad smile raises the mouth corners, which reads as a lowered head) but stays
-    below the +38° of the generic template (field notes §4)."""
+    below the +38° that users of the original reported for a generic template."""
     for intrinsics in ("gmpi", "deep3dface"):
         est = estimate_pose(ASTRONAUT_512, 512, "bfm", "none", intrinsics)
         flipped = estimate_pose(mirror(ASTRONAUT_512, 512), 512, "bfm", "none", intrinsics)

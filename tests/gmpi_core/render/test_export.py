@@ -1,4 +1,4 @@
-"""MPI export for the browser: textures, manifest, atomic folder, and a render round trip (spec §2-§3)."""
+"""MPI export for the browser: textures, manifest, atomic folder, and a render round trip (method §2-§3)."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Mesh extraction: analytic alpha volumes give surfaces where they should, PLY round trip (spec §9.6)."""
+"""Mesh extraction: analytic alpha volumes give surfaces where they should, PLY round trip (method §9.6)."""
 
 import math
 
@@ -86,8 +86,8 @@ def test_ply_round_trip_keeps_vertices_faces_and_colours(tmp_path):
 def test_mesh_grid_follows_the_original_volume_for_ffhq256():
     cam = preset("FFHQ256").camera
     grid, depth_norm = mesh_grid(cam, 256)
-    box = 2 * 1.12 * math.tan(math.radians(12.6) / 2)  # confined extent h_c = w_c (spec §2.3)
-    assert depth_norm.size == math.floor(0.17 / box * 256) == 175  # spec §9.6 example
+    box = 2 * 1.12 * math.tan(math.radians(12.6) / 2)  # confined extent h_c = w_c (docs/method.md §2.3)
+    assert depth_norm.size == math.floor(0.17 / box * 256) == 175  # docs/method.md §9.6 example
     assert depth_norm[0] == 0 and depth_norm[-1] == pytest.approx(1)
     assert grid.shape == (256, 256, 256)
     first_plane = grid.origin[2] + (256 - 175) * grid.spacing[2]

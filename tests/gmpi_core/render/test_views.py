@@ -1,4 +1,4 @@
-"""Single image, sweeps, plane grids, chunked generation, ψ and the `gmpi render` command (spec §10)."""
+"""Single image, sweeps, plane grids, chunked generation, ψ and the `gmpi render` command (method §10)."""
 
 import imageio.v2 as imageio
 import numpy as np

@@ -1,4 +1,4 @@
-"""Multi-process training over gloo (spec §6.1): gradient averaging, parameter agreement, rank-0 writes."""
+"""Multi-process training over gloo (method §6.1): gradient averaging, parameter agreement, rank-0 writes."""
 
 from __future__ import annotations
 

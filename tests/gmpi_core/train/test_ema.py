@@ -1,4 +1,4 @@
-"""EMA follows torch_ema's warm-up rule d_t = min(d, (1+t)/(10+t)) (spec §6.8)."""
+"""EMA follows torch_ema's warm-up rule d_t = min(d, (1+t)/(10+t)) (docs/method.md §6.8)."""
 
 import pytest
 import torch
@@ -20,8 +20,8 @@ def test_first_updates_use_the_warmup_decay_and_the_lerp_formula():
 
 
 def test_two_emas_with_different_decays_are_identical_during_the_5000_step_warmup():
-    # (1+t)/(10+t) < 0.999 <=> t < 8990 (spec §6.8 says 8991; equality holds at 8990), so ema (0.999) and
-    # ema2 (0.9999) coincide for the whole 5000-step run
+    # (1+t)/(10+t) < 0.999 <=> t < 8990 (docs/method.md §6.8 says 8991; equality holds at 8990), so ema
+    # (0.999) and ema2 (0.9999) coincide for the whole 5000-step run
     assert (1 + 8989) / (10 + 8989) < 0.999 < (1 + 8991) / (10 + 8991)
     p = nn.Parameter(torch.zeros(3))
     a, b = ParameterEMA([p], 0.999), ParameterEMA([p], 0.9999)

@@ -1,4 +1,4 @@
-"""Lighting augmentation (spec §6.6): texture-space depth, blur, normals, ramp, shading."""
+"""Lighting augmentation (docs/method.md §6.6): texture-space depth, blur, normals, ramp, shading."""
 
 import numpy as np
 import pytest
@@ -68,7 +68,7 @@ def test_official_ramp_starts_black_and_frontal_light_on_a_flat_mpi_leaves_colou
     cfg = LightingConfig(grow_n_iters=10, light_yaw_std=0.0, light_pitch_mean=0.0, light_pitch_std=0.0)
     shader = LightingAugmentation(cfg, camera)
     first = shader(rgba, dhw)
-    assert torch.equal(first[:, :, :3], torch.zeros_like(first[:, :, :3]))  # k_a = k_d = 0 (spec §12.2.1)
+    assert torch.equal(first[:, :, :3], torch.zeros_like(first[:, :, :3]))  # k_a = k_d = 0 (method §12.2.1)
     assert torch.equal(first[:, :, 3], rgba[:, :, 3])
     shader.n_calls = 10
     rho, ka, kd = shader.coefficients()

@@ -1,4 +1,4 @@
-"""The training step (spec §6.4, §6.5): losses, R1, worst-view choice, lighting schedule, 2D mode, errors."""
+"""The training step (§6.4, §6.5): losses, R1, worst-view choice, lighting schedule, 2D mode, errors."""
 
 from __future__ import annotations
 
@@ -108,14 +108,14 @@ def test_one_gmpi_step_gives_finite_losses_and_updates_G_D_and_the_ema(synthetic
     for key in ("loss_d", "loss_d_real", "loss_d_fake", "r1", "loss_g"):
         assert math.isfinite(stats[key]), key
     assert stats["loss_d"] == pytest.approx(stats["loss_d_real"] + stats["loss_d_fake"])
-    assert stats["ema_decay"] == pytest.approx(2 / 11)  # torch_ema warm-up at t = 1 (spec §6.8)
+    assert stats["ema_decay"] == pytest.approx(2 / 11)  # torch_ema warm-up at t = 1 (docs/method.md §6.8)
     assert any(not torch.equal(a, b) for a, b in zip(g0, t.G.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(d0, t.D.parameters()))
     # EMA moved by (1 − d)·(θ − θ_ema) toward the new G
     for before, shadow, p in zip(e0, t.ema.shadow_params, t.G.parameters()):
         torch.testing.assert_close(shadow, before + (1 - 2 / 11) * (p.detach() - before))
     assert t.step_idx == 1
-    # sample grids (spec §6.9): 16 fixed latents as 4×4 tiles of 32², the 4 planes of one MPI
+    # sample grids (docs/method.md §6.9): 16 fixed latents as 4×4 tiles of 32², the 4 planes of one MPI
     from PIL import Image
 
     written = {p.name: Image.open(p).size for p in t.write_samples()}
@@ -138,7 +138,7 @@ def test_lighting_shades_mpis_only_after_start_iter(synthetic_data, tmp_path):
     assert t.lighting.n_calls == 0 and stats["ka"] == 0.0
     stats = t.step()  # s = 4: every D-step and G-step chunk is shaded: 2 + 2 calls
     assert t.lighting.n_calls == 4
-    assert stats["ka"] == 0.0  # the official ramp starts at k_a = 0 (spec §12.2.1)
+    assert stats["ka"] == 0.0  # the official ramp starts at k_a = 0 (docs/method.md §12.2.1)
     stats = t.step()
     assert stats["ka"] == pytest.approx(0.9 * 4 / 100) and stats["kd"] == pytest.approx(0.1 * 4 / 100)
 
@@ -213,7 +213,7 @@ def test_stylegan2_mode_trains_and_its_export_initialises_gmpi(synthetic_data, t
         torch.testing.assert_close(g_state[k], ema_2d[k], rtol=0, atol=0)
     d2, d = t2d.D.state_dict(), t.D.state_dict()
     assert d2["b4.out.weight"].shape[0] == 1 and d["b4.out.weight"].shape[0] == 16
-    assert torch.equal(d["b4.out.weight"], d2["b4.out.weight"].expand(16, -1))  # broadcast copy (spec §4.5)
+    assert torch.equal(d["b4.out.weight"], d2["b4.out.weight"].expand(16, -1))  # broadcast copy (method §4.5)
     assert torch.equal(d["b8.conv0.weight"], d2["b8.conv0.weight"])
     assert math.isfinite(t.step()["loss_g"])
 
@@ -231,7 +231,7 @@ def test_stylegan2_pickle_init_copies_G_ema_and_D_by_name_and_rejects_a_mismatch
     cfg = tiny_config(synthetic_data)
     t = Trainer(cfg, tmp_path / "run", init=f"stylegan2_pkl:{pkl}", device="cpu", progress=False)
     g, d = t.G.state_dict(), t.D.state_dict()
-    for name, tensor in fx.G_ema.items():  # G ← G_ema (not G), spec §4.5
+    for name, tensor in fx.G_ema.items():  # G ← G_ema (not G), docs/method.md §4.5
         assert torch.equal(g[name], tensor), name
     assert torch.equal(d["b4.out.weight"], fx.D["b4.out.weight"].expand(16, -1))
     assert torch.equal(d["b32.fromrgb.weight"], fx.D["b32.fromrgb.weight"])
@@ -243,8 +243,8 @@ def test_stylegan2_pickle_init_copies_G_ema_and_D_by_name_and_rejects_a_mismatch
 
 
 def test_tensorboard_holds_the_losses_ema_decay_lighting_and_the_sample_grids(synthetic_data, tmp_path):
-    """Spec §6.9 logging: every logged scalar of log.jsonl is a TensorBoard scalar at the same step, and
-    the sample grids are TensorBoard images."""
+    """docs/method.md §6.9 logging: every logged scalar of log.jsonl is a TensorBoard scalar at the same step,
+    and the sample grids are TensorBoard images."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from gmpi_core.train.loop import Trainer

@@ -1,4 +1,4 @@
-"""Exact resume (spec §6.9): atomic checkpoints, RNG states, resumable data order, kill-and-resume."""
+"""Exact resume (method §6.9): atomic checkpoints, RNG states, resumable data order, kill-and-resume."""
 
 from __future__ import annotations
 
