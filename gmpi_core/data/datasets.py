@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from gmpi_core.atomic import atomic_write
 from gmpi_core.config import CameraConfig, DatasetKind
 from gmpi_core.data.poses import (
     Deep3DFacePoses,
@@ -351,11 +351,8 @@ def write_dataset_zip(
     """Write a ``dataset_tool``-style zip atomically (temp file + rename): each ``(member name, uint8 image
     [H, W, 3] | [H, W])`` is encoded by the name's extension (PNG, JPEG, ...), plus ``dataset.json`` =
     ``{"labels": labels}``. Name members with ``dataset_tool_name`` for the official layout."""
-    out = Path(out_zip)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         seen: set[str] = set()
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             for name, array in images:
@@ -376,8 +373,5 @@ def write_dataset_zip(
                 )
                 zf.writestr(_fixed_time(name), buf.getvalue())
             zf.writestr(_fixed_time("dataset.json"), json.dumps({"labels": labels}))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+
+    return atomic_write(out_zip, write)

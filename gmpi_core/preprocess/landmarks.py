@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from gmpi_core.atomic import atomic_write
 from gmpi_core.data.datasets import IMAGE_EXTENSIONS, ImageSource
 from gmpi_core.preprocess.mtcnn import Detection, detect_landmarks, find_weights_dir
 
@@ -72,17 +73,13 @@ def result_path(results_dir: Path, member: str) -> Path:
     return results_dir / f"{PurePosixPath(member).with_suffix('')}.txt"
 
 
+def _save_png(image: PIL.Image.Image, path: Path) -> None:
+    image.save(path, format="PNG")
+
+
 def _write_atomic(path: Path, data: str | bytes) -> None:
     """Write via a temporary sibling + rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
 
 
 def _safe_member(member: str) -> bool:
@@ -121,14 +118,7 @@ def write_xflip_copies(folder: str | os.PathLike[str], progress: bool = False) -
         except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
             errors.append(f"{path.relative_to(root).as_posix()}: {e}")
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            mirrored.save(tmp, format="PNG")
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, functools.partial(_save_png, mirrored))
         written += 1
     return written, errors
 
