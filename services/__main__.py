@@ -30,10 +30,9 @@ def _role_file() -> Path:
 
 def _record_role(role: str) -> None:
     try:
-        path = _role_file()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(role)
-        tmp.replace(path)
+        from gmpi_core.atomic import atomic_write
+
+        atomic_write(_role_file(), role)
     except OSError as exc:  # a read-only /tmp must not stop the service; health then says why
         print(f"services: cannot record the role in {_role_file()}: {exc}", file=sys.stderr)
 

@@ -282,12 +282,12 @@ def true_head_mpi(seed: int, index: int, cfg: ExperimentConfig, n_planes: int, g
 
 def control_errors(cfg: ExperimentConfig, ev: EvalSet, table: PoseMatchedDepth, n_planes: int) -> Tensor:
     """True heads (dataset seed 1: not training identities) as MPIs at the evaluation poses [n]."""
-    from gmpi_core.camera import sphere_c2w
+    from gmpi_core.camera import camera_c2w
     from gmpi_core.mpi.render import render_mpi
 
     ref, mask, _ = table.references(ev.yaw, ev.pitch)
     cam = cfg.camera
-    c2w = sphere_c2w(ev.yaw, ev.pitch, radius=cam.sphere_radius, center_z=cam.sphere_center_z)
+    c2w = camera_c2w(cam, ev.yaw, ev.pitch)
     depths = []
     for i in range(len(ev.seeds)):
         mpi = true_head_mpi(1, i, cfg, n_planes)

@@ -49,6 +49,7 @@ class RandomPosedImages(Dataset):
         self.yaw, self.pitch = sample_sphere_poses(
             n, cam.yaw_std, cam.pitch_std, cam.truncation_k, generator=g
         )
+        # sphere_c2w, not camera_c2w: --baseline runs this script on older trees too
         c2w = sphere_c2w(self.yaw, self.pitch, radius=cam.sphere_radius, center_z=cam.sphere_center_z)
         self.w2c = w2c_condition(c2w).float()
 

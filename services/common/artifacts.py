@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +134,6 @@ def fetch_model(storage: Storage, cache_dir: str, model_id: str) -> Path:
 
 
 def write_json(path: Path, value: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
-    return path
+    from gmpi_core.atomic import atomic_write
+
+    return atomic_write(path, json.dumps(value, indent=1))

@@ -69,13 +69,15 @@ def stage_dataset(ctx: JobContext[Any], dataset_id: str) -> tuple[str, str | Non
 
 
 def _zip_dir(folder: Path, dest: Path) -> Path:
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                z.write(p, p.relative_to(folder.parent).as_posix())
-    os.replace(tmp, dest)
-    return dest
+    from gmpi_core.atomic import atomic_write
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for p in sorted(folder.rglob("*")):
+                if p.is_file():
+                    z.write(p, p.relative_to(folder.parent).as_posix())
+
+    return atomic_write(dest, write)
 
 
 @job_task(TaskName.EVALUATE)
