@@ -86,7 +86,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gmpi_core.preprocess.pose import (
+from gmpi_core.preprocess.pnp import (
     DEFAULT_FOV_DEG,
     Intrinsics,
     PoseBatch,
@@ -456,7 +456,7 @@ def triangulate(points: np.ndarray, angle: np.ndarray, trans: np.ndarray, focal:
     (pixel edges; NaN rows are skipped) under known Deep3DFace poses angle, trans [N, 3] and one pinhole
     (focal, principal point ``centre``): per point, linear least squares of u·P_z = f·P_x + c·P_z
     (and v), P = rot·X + t, two equations per image."""
-    from gmpi_core.preprocess.pose import deep3dface_camera_pose
+    from gmpi_core.preprocess.pnp import deep3dface_camera_pose
 
     rot, t = deep3dface_camera_pose(angle, trans)
     m = (np.asarray(points, np.float64) - np.asarray(centre, np.float64)) / focal
