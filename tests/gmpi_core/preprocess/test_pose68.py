@@ -2,7 +2,7 @@
 ``run_poses`` / ``gmpi prep poses``.
 
 The numeric tests project points with Deep3DFace's camera written out here (X_w = R_z R_y R_x X + trans,
-camera 10 units up +Z looking down −Z, f = W / (2 tan(fov/2)), principal point W/2; spec §1.2, §1.6), never
+camera 10 units up +Z looking down −Z, f = W / (2 tan(fov/2)), principal point W/2; method §1.2, §1.6), never
 with the estimator's helpers. Tests that run dlib are skipped where it is not installed (the prep extra).
 """
 
@@ -26,8 +26,14 @@ from gmpi_core.preprocess.pose68 import (
     TEMPLATE68_FIT,
     Dlib68PoseEstimator,
     dlib68_unavailable_reason,
+    fit_residual_cov68,
     five_from_68,
+    landmark_residuals68,
+    residual_cov68,
+    shrunk_precision68,
+    solve_pnp_gls,
     symmetrize68,
+    symmetrize_cov68,
     triangulate,
 )
 
@@ -130,6 +136,95 @@ def test_triangulation_recovers_points_seen_with_known_poses() -> None:
     )
 
 
+# --- the covariance noise model ----------------------------------------------------------------------------
+
+MIRROR_XY = np.stack([DLIB68_MIRROR * 2, DLIB68_MIRROR * 2 + 1], 1).reshape(-1)
+SIGN_XY = np.tile([-1.0, 1.0], 68)
+
+
+def test_shipped_residual_covariance_is_a_mirror_invariant_covariance() -> None:
+    cov = residual_cov68()
+    assert cov.shape == (136, 136)
+    np.testing.assert_array_equal(cov, cov.T)
+    np.testing.assert_allclose(
+        cov[np.ix_(MIRROR_XY, MIRROR_XY)] * np.outer(SIGN_XY, SIGN_XY), cov, atol=1e-15
+    )
+    eig = np.linalg.eigvalsh(cov)
+    assert eig.min() > 0 and eig.max() / eig.min() < 1e6
+    assert 0.005 < math.sqrt(np.diag(cov).mean()) < 0.05  # 0.5-5 % of a decimetre: ~1 px at 128²
+
+
+def test_residuals_and_their_covariance_from_known_offsets() -> None:
+    """Offsets δ (face-sized units) added to exact projections come back from ``landmark_residuals68``
+    exactly, and ``fit_residual_cov68`` is the covariance of δ and their mirror images."""
+    rng = np.random.default_rng(4)
+    angles = rng.uniform(-0.3, 0.3, (9, 3)) * [1, 1, 0.2]
+    trans = rng.uniform(-0.2, 0.2, (9, 3))
+    delta = rng.normal(0, 0.02, (9, 68, 2))
+    focal = 256 / (2 * TAN_HALF_FOV)
+    depth = 10.0 - trans[:, 2]  # the face centre's distance from Deep3DFace's camera
+    points = np.stack(
+        [project(TEMPLATE68, a, t, 256) + d * focal / z for a, t, d, z in zip(angles, trans, delta, depth)]
+    )
+    got = landmark_residuals68(points, angles, trans, focal, 128.0, TEMPLATE68)
+    np.testing.assert_allclose(got, delta, atol=1e-12)
+    both = np.concatenate([delta, delta[:, DLIB68_MIRROR] * [-1.0, 1.0]]).reshape(18, 136)
+    np.testing.assert_allclose(
+        fit_residual_cov68(points, angles, trans, focal, 128.0, TEMPLATE68),
+        np.cov(both.T, bias=True),
+        atol=1e-12,
+    )
+
+
+def test_shrunk_precision_and_its_marginal() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(136, 200))
+    cov = symmetrize_cov68(a @ a.T / 200)
+    full = shrunk_precision68(cov, 0.1)
+    shrunk = 0.9 * cov + 0.1 * np.diag(np.diag(cov))
+    np.testing.assert_allclose(full @ shrunk, np.eye(136), atol=1e-8)
+    keep = np.ones(68, bool)
+    keep[[3, 50]] = False
+    marginal = shrunk_precision68(cov, 0.1, keep)
+    idx = np.flatnonzero(np.repeat(keep, 2))
+    np.testing.assert_allclose(marginal[np.ix_(idx, idx)] @ shrunk[np.ix_(idx, idx)], np.eye(132), atol=1e-8)
+    assert not marginal[[6, 7, 100, 101]].any() and not marginal[:, [6, 7, 100, 101]].any()
+
+
+def test_gls_pnp_with_an_identity_precision_is_least_squares() -> None:
+    """rᵀ·I·r is the plain squared error: the same pose as the (unweighted) Levenberg-Marquardt PnP."""
+    rng = np.random.default_rng(6)
+    points = project(TEMPLATE68, (0.1, -0.3, 0.05), (0.1, 0.0, 0.2), 256) + rng.normal(0, 1.0, (68, 2))
+    plain = Dlib68PoseEstimator(noise_model="independent", robust_iterations=0, jaw_weight=1.0)
+    focal, centre = np.array([256 / (2 * TAN_HALF_FOV)]), np.array([[128.0, 128.0]])
+    solution, _ = plain.solve(points[None], focal, centre)
+    start_rot = np.diag([1.0, -1.0, -1.0])[None]
+    start_t = solution.t * [1.0, 1.0, 1.02]
+    m = (points[None] - centre[:, None]) / focal[:, None, None]
+    rot, t, _ = solve_pnp_gls(start_rot, start_t, TEMPLATE68, m, np.eye(136)[None], iterations=60)
+    np.testing.assert_allclose(rot, solution.rot, atol=1e-7)
+    np.testing.assert_allclose(t, solution.t, atol=1e-7)
+
+
+def test_covariance_model_discounts_a_likely_error_pattern() -> None:
+    """Landmarks off the projection by a pattern the covariance knows as frequent (the whole mouth and
+    nose shifted up by 4 % of the face, as dlib does) give the true pose with the covariance model; the
+    independent model reads the pattern as pitch."""
+    angle, trans = (0.05, 0.2, 0.0), (0.0, 0.1, 0.0)
+    pattern = np.zeros((68, 2))
+    pattern[27:36, 1] = pattern[48:68, 1] = -1.0  # image y up
+    v = pattern.reshape(-1)
+    cov = symmetrize_cov68(1e-4 * np.eye(136) + 0.04**2 * np.outer(v, v))
+    focal = 256 / (2 * TAN_HALF_FOV)
+    points = project(TEMPLATE68, angle, trans, 256) + 0.04 * pattern * focal / (10.0 - trans[2])
+    independent = Dlib68PoseEstimator(noise_model="independent", robust_iterations=0)
+    covariance = Dlib68PoseEstimator(residual_cov=cov, cov_shrinkage=0.0, robust_iterations=0)
+    a_ind = independent.estimate_landmarks_batch(points[None], 256).angle[0]
+    a_cov = covariance.estimate_landmarks_batch(points[None], 256).angle[0]
+    assert np.degrees(np.abs(a_cov - angle)).max() < 0.05
+    assert np.degrees(abs(a_ind[0] - angle[0])) > 1.0
+
+
 def test_failures_are_reported_per_image() -> None:
     good = project(TEMPLATE68, (0.0, 0.2, 0.0), (0, 0, 0), 256)
     bad = good.copy()
@@ -138,7 +233,11 @@ def test_failures_are_reported_per_image() -> None:
     batch = Dlib68PoseEstimator().estimate_landmarks_batch(
         np.stack([good, bad, np.full((68, 2), 9.0), scrambled]), 256
     )
-    assert batch.failure[0] is None and "non-finite" in batch.failure[1] and "coincide" in batch.failure[2]
+    assert (
+        batch.failure[0] is None
+        and "non-finite" in str(batch.failure[1])
+        and "coincide" in str(batch.failure[2])
+    )
     assert batch.failure[3] is not None and np.isnan(batch.angle[1:]).all()
 
 
@@ -276,14 +375,33 @@ def _mae(angle: np.ndarray, true: np.ndarray) -> np.ndarray:
 def test_dlib68_beats_the_5_point_path_on_held_out_synthetic_heads(held_out) -> None:
     dlib, five = _mae(held_out["dlib68"], held_out["true"]), _mae(held_out["mtcnn5"], held_out["true"])
     assert np.isfinite(held_out["dlib68"]).all()  # every head posed
-    # benchmark (465 heads): dlib68 4.1 / 3.4 / 1.2, mtcnn5 6.6 / 3.8 / 1.9 (pitch / yaw / roll)
-    assert (dlib[:2] < five[:2]).all() and (dlib < [5.5, 4.5, 1.5]).all(), (dlib, five)
+    # benchmark (465 heads): dlib68 2.7 / 2.6 / 0.8, mtcnn5 6.6 / 3.8 / 1.9 (pitch / yaw / roll)
+    assert (dlib[:2] < five[:2]).all() and (dlib < [3.5, 3.2, 1.2]).all(), (dlib, five)
+
+
+def _gain(angle: np.ndarray, true: np.ndarray, j: int) -> float:
+    ok = np.isfinite(angle).all(1)
+    return float(np.polyfit(true[ok, j], angle[ok, j], 1)[0])
+
+
+@needs_dlib
+@pytest.mark.slow
+def test_dlib68_is_not_pulled_toward_frontal(held_out) -> None:
+    """The pose is measured, not shrunk toward the synthetic pose prior (which lowers the MAE on these
+    narrow poses and moves real faces; pose68 docstring): gain (slope of estimated on true angle) of yaw ~1,
+    of pitch well above 0. Benchmark (465 heads): 0.92 / 0.64 (``independent``: 1.03 / 0.64); these 40
+    heads: 0.91 / 0.50 (40 pitches of ±7° give a loose slope)."""
+    est, true = held_out["dlib68"], held_out["true"]
+    yaw_gain, pitch_gain = _gain(est, true, 1), _gain(est, true, 0)
+    assert 0.85 < yaw_gain < 1.15 and pitch_gain > 0.25, (yaw_gain, pitch_gain)
 
 
 @needs_dlib
 @pytest.mark.slow
 @pytest.mark.xfail(
-    strict=True, reason="dlib's predictor on the synthetic heads: ~4° yaw/pitch (pose68 docstring)"
+    strict=True,
+    reason="dlib's points follow two thirds of the synthetic heads' pitch: MAE yaw / pitch / roll 2.38 / "
+    "2.61 / 0.68 here, 2.60 / 2.69 / 0.79 on the benchmark (pose68 docstring)",
 )
 def test_issue_goals_on_held_out_synthetic_heads(held_out) -> None:
     pitch, yaw, roll = _mae(held_out["dlib68"], held_out["true"])
