@@ -652,6 +652,16 @@ def fuzz(
     return stats
 
 
+def _peak_rss_mib() -> int:
+    """This process's peak resident set (``VmHWM``). Not ``getrusage``'s ``ru_maxrss``: Linux keeps that
+    across ``execve``, so a fuzzer started by a large process (the test suite) would report its parent's."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="total budget, split over the targets")
@@ -664,7 +674,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ALLOWED.update(_allowed())  # imports torch (ImageSource) before the address space is measured
     with open("/proc/self/statm") as fh:
-        vm = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        pages = fh.read().split()
+    vm = int(pages[0]) * os.sysconf("SC_PAGE_SIZE")
+    start_rss_mib = round(int(pages[1]) * os.sysconf("SC_PAGE_SIZE") / MIB)
     limit = vm + args.mem_mib * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     signal.signal(signal.SIGALRM, _on_alarm)
@@ -707,7 +719,8 @@ def main(argv: list[str] | None = None) -> int:
                 (args.out / f"{name}.json").write_text(json.dumps(stats.crashes, indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    summary["max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    summary["start_rss_mib"] = start_rss_mib  # after the imports (torch, for ImageSource)
+    summary["max_rss_mib"] = _peak_rss_mib()
     print(json.dumps(summary, indent=2))
     return 1 if crashed else 0
 

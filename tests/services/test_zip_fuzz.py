@@ -41,4 +41,5 @@ def test_zip_validator_survives_a_short_fuzz_run(tmp_path: Path) -> None:
         assert target["slowest_s"] < 5, name
         assert target["peak_traced_mib"] < 48, name
     assert summary["targets"]["check_extract"]["outcomes"].get("ok", 0) > 0  # some zips were extracted
-    assert summary["max_rss_mib"] < 1200
+    # the resident set stays within the address-space budget the run was given above its start-up size
+    assert summary["max_rss_mib"] - summary["start_rss_mib"] < 1024, summary
