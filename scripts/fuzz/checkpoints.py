@@ -44,6 +44,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from rss import peak_rss_mib  # noqa: E402  (scripts/fuzz/rss.py: this script's folder is on sys.path)
 
 from gmpi_core.checkpoints import (  # noqa: E402
     CheckpointMismatchError,
@@ -666,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None and stats.crashes:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"{name}.json").write_text(json.dumps(stats.crashes, indent=2))
-    summary["max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    summary["max_rss_mib"] = peak_rss_mib()
     print(json.dumps(summary, indent=2))
     return 1 if crashed else 0
 

@@ -62,6 +62,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from rss import peak_rss_mib  # noqa: E402  (scripts/fuzz/rss.py: this script's folder is on sys.path)
 
 from gmpi_core.data.ziplimits import MemberLimits  # noqa: E402
 from services.common import zips  # noqa: E402
@@ -652,16 +653,6 @@ def fuzz(
     return stats
 
 
-def _peak_rss_mib() -> int:
-    """This process's peak resident set (``VmHWM``). Not ``getrusage``'s ``ru_maxrss``: Linux keeps that
-    across ``execve``, so a fuzzer started by a large process (the test suite) would report its parent's."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="total budget, split over the targets")
@@ -720,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     summary["start_rss_mib"] = start_rss_mib  # after the imports (torch, for ImageSource)
-    summary["max_rss_mib"] = _peak_rss_mib()
+    summary["max_rss_mib"] = peak_rss_mib()
     print(json.dumps(summary, indent=2))
     return 1 if crashed else 0
 
