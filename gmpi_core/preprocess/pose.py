@@ -586,6 +586,24 @@ def _first_image_size(images: str | os.PathLike[str]) -> tuple[int, int] | None:
         return image.size
 
 
+def _logged_input(detections: Path) -> str | None:
+    """The input (zip or folder) of the last run the landmark step logged in ``detections/log.jsonl``, if
+    that input still exists."""
+    logged = None
+    try:
+        with open(detections / "log.jsonl", encoding="utf-8") as log:
+            for line in log:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("event") == "start" and record.get("input"):
+                    logged = str(record["input"])
+    except OSError:
+        return None
+    return logged if logged is not None and Path(logged).exists() else None
+
+
 def _inferred_images(landmarks: str | os.PathLike[str]) -> tuple[Path, str] | None:
     """The dataset zip or folder the landmarks belong to and how it was found: the synthetic dataset
     holding them (DATA/images.zip beside DATA/meta.json), else the input the landmark step logged in
@@ -603,19 +621,8 @@ def _inferred_images(landmarks: str | os.PathLike[str]) -> tuple[Path, str] | No
                 return zip_path, f"{meta}"
     except (OSError, ValueError, TypeError, AttributeError):
         pass
-    logged = None
-    try:
-        with open(detections / "log.jsonl", encoding="utf-8") as log:
-            for line in log:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict) and record.get("event") == "start" and record.get("input"):
-                    logged = str(record["input"])
-    except OSError:
-        return None
-    if logged is None or not Path(logged).exists():
+    logged = _logged_input(detections)
+    if logged is None:
         return None
     return Path(logged), f"{detections / 'log.jsonl'}"
 
@@ -638,19 +645,8 @@ def _inferred_image_size(landmarks: str, images: str | None) -> tuple[tuple[int,
             return (int(info["resolution"]), int(info["resolution"])), f"{meta}"
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    logged = None
-    try:
-        with open(detections / "log.jsonl", encoding="utf-8") as log:
-            for line in log:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict) and record.get("event") == "start" and record.get("input"):
-                    logged = str(record["input"])
-    except OSError:
-        return None
-    if logged is None or not Path(logged).exists():
+    logged = _logged_input(detections)
+    if logged is None:
         return None
     try:
         size = _first_image_size(logged)
