@@ -3,9 +3,11 @@
     >>> atomic_write("out/report.json", json.dumps(report))            # doctest: +SKIP
     >>> atomic_write("ckpt.pt", lambda tmp: torch.save(state, tmp), fsync=True)   # doctest: +SKIP
     >>> replaced = replace_dir(staging, final)  # swap a finished folder in    # doctest: +SKIP
+    >>> with staged_dir("out/dataset") as tmp:  # fill a hidden sibling; swapped in when the block ends
+    ...     write_everything(tmp)                                          # doctest: +SKIP
 
-A reader never sees a half-written file under the final name, and a crash leaves at most a hidden
-``.NAME.*`` temporary, removed when the write fails.
+A reader never sees a half-written file or folder under the final name, and a crash leaves at most a
+hidden ``.NAME.*`` temporary, removed when the write fails.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "atomic_write", "fsync_dir", "replace_dir"]
+__all__ = ["DIR_MODE", "FILE_MODE", "atomic_write", "fsync_dir", "fsync_file", "replace_dir", "staged_dir"]
 
 
 def _process_umask() -> int:
@@ -44,6 +47,12 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a written file's data to disk (errors are raised: a checkpoint must not pretend)."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def atomic_write(
@@ -75,8 +84,7 @@ def atomic_write(
         if callable(data):
             data(tmp)
         if fsync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            fsync_file(tmp)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -103,3 +111,24 @@ def replace_dir(staging: Path, final: Path) -> bool:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return replaced
+
+
+@contextmanager
+def staged_dir(
+    final: str | os.PathLike[str],
+    *,
+    swap: Callable[[Path, Path], object] = replace_dir,
+) -> Iterator[Path]:
+    """A new empty hidden sibling ``.NAME.*.partial`` of ``final`` (``mkdtemp``: mode 0700) to fill in the
+    block; when the block completes, ``swap(staging, final)`` moves it into place (default
+    :func:`replace_dir`), when it (or the swap) raises, the staging folder is removed. Parent folders are
+    created."""
+    target = Path(final)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield staging
+        swap(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

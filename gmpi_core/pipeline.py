@@ -13,6 +13,7 @@ every MPI comes from :meth:`GMPI.generate`, whose synthesis noise is drawn from 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from gmpi_core.config import ExperimentConfig
 from gmpi_core.config import preset as get_preset
 from gmpi_core.mpi.planes import plane_layout
 from gmpi_core.mpi.render import OutOfBounds, render_mpi
-from gmpi_core.networks import GMPIGenerator
+from gmpi_core.networks import Discriminator, GMPIGenerator, StyleGAN2Generator
 from gmpi_core.networks.synthesis import assemble_mpi
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "MPI",
     "experiment_for",
     "generate_planes",
+    "init_networks",
     "iter_plane_chunks",
     "mapping_latents",
     "noise_from",
@@ -44,10 +46,19 @@ __all__ = [
     "zeroed_w_avg",
 ]
 
+log = logging.getLogger("gmpi.pipeline")
+
 # The shipped demo model, opened by ``GMPI.load(None)`` (a random synthetic64 model when it is absent).
 DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo_model"
 # The preset around an imported StyleGAN2-ADA pickle when none is named.
 STYLEGAN2_DEFAULT_PRESET = "FFHQ256"
+# Keys of GeneratorConfig that the plain 2D StyleGAN2 generator takes.
+_SG2_KEYS = (
+    "z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "channel_base", "channel_max",
+    "num_fp16_res", "conv_clamp", "mapping_layers",
+)  # fmt: skip
+# The official training script draws its 25 fixed sample latents before building the networks (§4.5, §6.1).
+_OFFICIAL_FIXED_LATENTS = 25
 
 
 @dataclass
@@ -73,6 +84,98 @@ def experiment_for(generator: nn.Module, preset_name: str) -> ExperimentConfig:
     return cfg.with_updates(
         generator=arch, discriminator={"img_resolution": res}, dataset={"resolution": res}
     )
+
+
+# -- model sources -> networks: the one place that knows how to open each source kind ----------------------
+
+
+def init_networks(
+    source: ModelSource,
+    cfg: ExperimentConfig | None = None,
+    *,
+    seed: int,
+    mode: str = "gmpi",
+    discriminator: bool = True,
+    official_latents: bool = True,
+    mbstd_group_size: int | None = None,
+    use_ema: bool | None = None,
+    source_generator: nn.Module | None = None,
+    logger: logging.Logger | None = None,
+) -> tuple[nn.Module, nn.Module | None]:
+    """(G, D or None): the networks of ``cfg`` (``mode`` ``"gmpi"``: GMPIGenerator + pose-conditioned D;
+    ``"stylegan2"``: a plain 2D StyleGAN2 + unconditional D with ``mbstd_group_size``), randomly initialised
+    under ``torch.manual_seed(seed)`` (after the 25 latents the official script draws first, with
+    ``official_latents``; the caller's RNG is untouched), then every tensor ``source`` holds copied in by name
+    (``copy_matching_tensors``: absent names keep their random values, ``b4.out`` broadcasts, §4.5):
+
+    * ``random``: nothing to copy;
+    * ``native`` / ``native2d``: the generator's EMA weights (``use_ema=None``: when present) and, with
+      ``discriminator``, ``DIR/discriminator`` (a warning and a random D when there is none);
+      ``source_generator``: the source's generator when the caller has already loaded it;
+    * ``stylegan2_pkl``: ``G_ema`` and ``D``; in ``gmpi`` mode GMPI's own initialisation from the pickle
+      (``init_gmpi_from_stylegan2`` under ``seed``: the pickle's architecture with ``cfg``'s alpha head and
+      plane settings, without ``cfg`` the default ones).
+
+    ``GMPI.load`` and the trainer's ``--init`` both start here."""
+    path = source.path
+    if source.kind == "stylegan2_pkl" and mode == "gmpi":
+        from gmpi_core.checkpoints.stylegan2_pkl import init_gmpi_from_stylegan2
+
+        assert path is not None
+        if cfg is None:
+            return init_gmpi_from_stylegan2(path, seed=seed)
+        g = cfg.generator
+        return init_gmpi_from_stylegan2(
+            path,
+            alpha_head=g.alpha_head,
+            seed=seed,
+            alpha_largest_res=g.alpha_largest_res,
+            n_train_planes=g.n_train_planes,
+            depth2alpha_n_z_bins=g.depth2alpha_n_z_bins,
+        )
+    if source.kind not in ("random", "native", "native2d", "stylegan2_pkl"):
+        raise ModelSourceError(f"cannot initialise networks from a {source.kind} model")
+    if cfg is None:
+        raise ValueError(f"initialising networks from a {source.kind} source needs the experiment config")
+    g_cfg, d_cfg = cfg.generator.model_dump(), cfg.discriminator.model_dump()
+    G: nn.Module
+    D: nn.Module | None = None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the same init on every rank
+        if official_latents:
+            torch.randn(_OFFICIAL_FIXED_LATENTS, g_cfg["z_dim"])
+        if mode == "gmpi":
+            G = GMPIGenerator(**g_cfg)
+        else:
+            d_cfg["c_dim"] = 0
+            if mbstd_group_size is not None:
+                d_cfg["mbstd_group_size"] = mbstd_group_size
+            G = StyleGAN2Generator(**{k: g_cfg[k] for k in _SG2_KEYS})
+        if discriminator:
+            D = Discriminator(**d_cfg)
+    if source.kind == "random":
+        return G, D
+    from gmpi_core.checkpoints.native import copy_matching_tensors, load_pretrained
+
+    assert path is not None
+    if source.kind == "stylegan2_pkl":
+        from gmpi_core.checkpoints.stylegan2_pkl import read_stylegan2_pkl
+
+        pkl = read_stylegan2_pkl(path)
+        copy_matching_tensors(pkl.G_ema.state_dict, G, source=f"G_ema of {path}")
+        if pkl.D is not None and D is not None:
+            copy_matching_tensors(pkl.D.state_dict, D, source=f"D of {path}")
+        return G, D
+    # native2d / native: G from the EMA weights by name, D by name (b4.out broadcast, docs/method.md §4.5)
+    src_g = source_generator if source_generator is not None else load_pretrained(path, use_ema=use_ema)
+    copy_matching_tensors(src_g.state_dict(), G, source=f"generator of {path}")
+    if D is not None:
+        d_dir = path / "discriminator"
+        if (d_dir / "config.json").is_file():
+            copy_matching_tensors(load_pretrained(d_dir).state_dict(), D, source=f"discriminator of {path}")
+        else:
+            (logger or log).warning("%s has no discriminator/; D starts from a random initialisation", path)
+    return G, D
 
 
 # -- latents -> planes: the pieces of GMPI.generate ---------------------------------------------------------
@@ -231,15 +334,10 @@ class GMPI:
     def random(cls, config: ExperimentConfig | str, seed: int = 0) -> GMPI:
         """A randomly initialised model (for smoke tests and as the start of training from scratch)."""
         cfg = get_preset(config) if isinstance(config, str) else config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            generator = GMPIGenerator(**cfg.generator.model_dump())
-        return cls(
-            generator.eval().requires_grad_(False),
-            cfg,
-            source=ModelSource("random", preset=cfg.name),
-            info={"init_seed": seed},
-        )
+        source = ModelSource("random", preset=cfg.name)
+        generator, _ = init_networks(source, cfg, seed=seed, discriminator=False, official_latents=False)
+        assert isinstance(generator, GMPIGenerator)
+        return cls(generator.eval().requires_grad_(False), cfg, source=source, info={"init_seed": seed})
 
     @classmethod
     def load(
@@ -287,6 +385,7 @@ class GMPI:
             return experiment_for(generator, preset) if adapt else get_preset(preset)
 
         info: dict[str, Any] = {}
+        generator: nn.Module
         if src.kind == "native":
             loaded = cls.from_pretrained(path, use_ema=use_ema, map_location=map_location)
             generator, cfg = loaded.generator, configured(loaded.generator, loaded.config, keep_architecture)
@@ -299,17 +398,18 @@ class GMPI:
             cfg = configured(generator, ckpt.dataset, keep_architecture)
             info["ema_step"] = ckpt.ema_step
         elif src.kind == "stylegan2_pkl":
-            from gmpi_core.checkpoints.stylegan2_pkl import init_gmpi_from_stylegan2
+            from gmpi_core.checkpoints.stylegan2_pkl import GMPI_INIT_SEED
 
-            generator, _ = init_gmpi_from_stylegan2(path)
+            generator, _ = init_networks(src, seed=GMPI_INIT_SEED)  # the pickle's networks, the official init
             cfg = experiment_for(generator, preset or STYLEGAN2_DEFAULT_PRESET)
         elif src.kind == "native2d":
-            from gmpi_core.checkpoints.native import copy_matching_tensors, load_pretrained
+            from gmpi_core.checkpoints.native import load_pretrained
 
             net2d = load_pretrained(path, use_ema=use_ema)  # None: the EMA weights when present
             cfg = experiment_for(net2d, preset or "synthetic64")
-            generator = cls.random(cfg, seed=seed).generator
-            copy_matching_tensors(net2d.state_dict(), generator, source=f"generator of {path}")
+            generator, _ = init_networks(
+                src, cfg, seed=seed, discriminator=False, official_latents=False, source_generator=net2d
+            )
             info["init_seed"] = seed
         else:  # pragma: no cover - parse_source knows no other kind
             raise ModelSourceError(f"cannot load a {src.kind} model")

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from gmpi_core.atomic import fsync_dir
+from gmpi_core.atomic import fsync_dir, fsync_file, staged_dir
 from gmpi_core.checkpoints.safe_pickle import safe_repr
 
 __all__ = [
@@ -234,14 +233,6 @@ def _safetensors_ready(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -251,11 +242,14 @@ def _write_text(path: Path, text: str) -> None:
 
 def _write_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
     save_file(tensors, str(path), metadata=metadata)
-    _fsync_file(path)
+    fsync_file(path)
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; into an existing directory file by file, ``config.json`` last."""
+    """Rename ``staging`` to ``target``; into an existing directory file by file, ``config.json`` last.
+
+    Not ``replace_dir``: a model directory may hold more than the checkpoint (``discriminator/``, a
+    trainer's ``train-state/``), which an overwrite keeps."""
     if not target.exists():
         os.rename(staging, target)
         return
@@ -324,21 +318,15 @@ def save_pretrained(
         if bad:
             raise NativeCheckpointError(f"ema_state does not fit the {cls_name}: {_listing(bad)}")
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        metadata = {"format": "pt", "gmpi_class": cls_name}
+    metadata = {"format": "pt", "gmpi_class": cls_name}
+    with staged_dir(target, swap=_move_into_place) as staging:  # removed if anything here fails
         _write_safetensors(staging / WEIGHTS_FILE, weights, metadata)
         if ema is not None:
             _write_safetensors(staging / EMA_FILE, ema, metadata)
         _write_text(staging / CONFIG_FILE, config_text)  # written last: its presence marks completeness
         fsync_dir(staging)
-        _move_into_place(staging, target)
-        fsync_dir(target)
-        fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    fsync_dir(target)
+    fsync_dir(target.parent)
     return target
 
 

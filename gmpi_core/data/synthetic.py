@@ -42,7 +42,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -54,6 +53,7 @@ import PIL.Image
 import torch
 from numpy.typing import ArrayLike
 
+from gmpi_core.atomic import staged_dir
 from gmpi_core.camera import camera_c2w, pixel_ray_directions, sample_sphere_poses, w2c_to_deep3dface
 from gmpi_core.config import CameraConfig, preset
 from gmpi_core.data.datasets import dataset_tool_name, write_dataset_zip
@@ -642,8 +642,9 @@ def synthesize_dataset(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _prepare_destination(out, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    # renamed into place when complete (a plain rename: out is absent now, and a folder that appeared
+    # meanwhile is refused, not replaced), removed if anything fails
+    with staged_dir(out, swap=os.replace) as tmp:
         step = max(1, min(64, -(-n // (4 * workers))))
         chunks = [_Chunk(tmp, seed, a, min(a + step, n), res, camera, antialias) for a in range(0, n, step)]
         records: list[_Rendered] = []
@@ -684,10 +685,6 @@ def synthesize_dataset(
             },
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

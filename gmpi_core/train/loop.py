@@ -77,11 +77,6 @@ Mode = Literal["gmpi", "stylegan2"]
 CHECKPOINT_FORMAT = "gmpi-train"
 _CHECKPOINT_VERSION = 1
 _INIT_KINDS = ("random", "stylegan2_pkl", "native2d", "native")
-# Keys of GeneratorConfig that the plain 2D StyleGAN2 generator takes.
-_SG2_KEYS = (
-    "z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "channel_base", "channel_max",
-    "num_fp16_res", "conv_clamp", "mapping_layers",
-)  # fmt: skip
 
 log = logging.getLogger("gmpi.train")
 
@@ -381,66 +376,28 @@ class Trainer:
         self._tb: Any = None
 
     # -- construction ----------------------------------------------------------------------------------
-    def _random_networks(self) -> tuple[nn.Module, nn.Module]:
-        from gmpi_core.networks import Discriminator, GMPIGenerator, StyleGAN2Generator
-
-        g_cfg, d_cfg = self.cfg.generator.model_dump(), self.cfg.discriminator.model_dump()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cfg.train.seed)  # same init on every rank
-            torch.randn(25, g_cfg["z_dim"])  # the official script draws its 25 fixed latents first
-            if self.mode == "gmpi":
-                return GMPIGenerator(**g_cfg), Discriminator(**d_cfg)
-            chunks = [c.shape[0] for c in torch.arange(self.batch).tensor_split(self.split)]
-            d_cfg.update(c_dim=0, mbstd_group_size=_mbstd_group(self.batch, chunks))
-            return StyleGAN2Generator(**{k: g_cfg[k] for k in _SG2_KEYS}), Discriminator(**d_cfg)
-
     def _build_networks(self) -> tuple[nn.Module, nn.Module]:
-        from gmpi_core.checkpoints.native import copy_matching_tensors, load_pretrained
+        """G and D of ``--init`` (``GMPI.load``'s opener of model sources, ``pipeline.init_networks``)."""
+        from gmpi_core.checkpoints.sources import ModelSource
+        from gmpi_core.pipeline import init_networks
 
         kind, path = self.init_kind, self.init_path
-        if kind == "stylegan2_pkl":
-            assert path is not None
-            if self.mode == "gmpi":
-                from gmpi_core.checkpoints.stylegan2_pkl import init_gmpi_from_stylegan2
-
-                g = self.cfg.generator
-                G: nn.Module
-                D: nn.Module
-                G, D = init_gmpi_from_stylegan2(
-                    path,
-                    alpha_head=g.alpha_head,
-                    seed=self.cfg.train.seed,
-                    alpha_largest_res=g.alpha_largest_res,
-                    n_train_planes=g.n_train_planes,
-                    depth2alpha_n_z_bins=g.depth2alpha_n_z_bins,
-                )
-            else:
-                from gmpi_core.checkpoints.stylegan2_pkl import read_stylegan2_pkl
-
-                G, D = self._random_networks()
-                pkl = read_stylegan2_pkl(path)
-                copy_matching_tensors(pkl.G_ema.state_dict, G, source=f"G_ema of {path}")
-                if pkl.D is not None:
-                    copy_matching_tensors(pkl.D.state_dict, D, source=f"D of {path}")
-            self._check_architecture(G, D, str(path))
-            return G, D
         if kind in ("native2d", "native"):
             assert path is not None
             if not (path / "config.json").is_file():
                 raise TrainingError(f"--init {kind}: {path} is not a model directory (no config.json)")
-        G, D = self._random_networks()
-        if kind == "random":
-            return G, D
-        assert path is not None
-        # native2d / native: G from the EMA weights by name, D by name (b4.out broadcast, docs/method.md §4.5)
-        src_g = load_pretrained(path, use_ema=None)  # the EMA weights when the checkpoint has them
-        copy_matching_tensors(src_g.state_dict(), G, source=f"generator of {path}")
-        d_dir = path / "discriminator"
-        if (d_dir / "config.json").is_file():
-            src_d = load_pretrained(d_dir)
-            copy_matching_tensors(src_d.state_dict(), D, source=f"discriminator of {path}")
-        else:
-            self.log.warning("%s has no discriminator/; D starts from a random initialisation", path)
+        chunks = [c.shape[0] for c in torch.arange(self.batch).tensor_split(self.split)]
+        G, D = init_networks(
+            ModelSource(kind, path),
+            self.cfg,
+            seed=self.cfg.train.seed,  # the same init on every rank
+            mode=self.mode,
+            mbstd_group_size=_mbstd_group(self.batch, chunks) if self.mode == "stylegan2" else None,
+            logger=self.log,
+        )
+        assert D is not None
+        if kind == "stylegan2_pkl":
+            self._check_architecture(G, D, str(path))
         return G, D
 
     def _check_architecture(self, G: nn.Module, D: nn.Module, source: str) -> None:

@@ -242,6 +242,46 @@ def test_stylegan2_pickle_init_copies_G_ema_and_D_by_name_and_rejects_a_mismatch
         )
 
 
+def test_the_trainers_init_opens_a_source_as_gmpi_load_does(synthetic_data, tmp_path):
+    """``--init`` and ``GMPI.load`` share one opener of model sources (``pipeline.init_networks``): a native
+    GMPI and (at the official seed and default heads) a StyleGAN2 pickle give the same generator; a 2D model
+    the same tensors wherever the 2D model has them (the alpha branch is random, and the trainer draws the
+    official 25 fixed latents before building it, GMPI.load does not)."""
+    from gmpi_core.checkpoints.native import load_pretrained
+    from gmpi_core.checkpoints.stylegan2_pkl import GMPI_INIT_SEED
+    from gmpi_core.pipeline import GMPI
+    from gmpi_core.train.loop import Trainer
+    from tests.gmpi_core.checkpoints.fixtures import SG2Config, build_sg2_pickle
+
+    cfg = tiny_config(synthetic_data)
+    assert cfg.train.seed == GMPI_INIT_SEED
+
+    def trainer_g(init: str, name: str) -> dict[str, torch.Tensor]:
+        t = Trainer(cfg, tmp_path / name, init=init, device="cpu", progress=False, sample_every=0)
+        return t.G.state_dict()
+
+    def other(seed: int, mode: str, name: str) -> Path:  # one step: EMA and raw weights differ
+        t = Trainer(cfg.with_updates(train={"seed": seed}), tmp_path / name, mode=mode, device="cpu",
+                    progress=False, sample_every=0)  # fmt: skip
+        t.train(until=1)
+        return t.out / "model"
+
+    native, model2d = other(1, "gmpi", "g"), other(2, "stylegan2", "2d")
+    pkl = tmp_path / "sg2.pkl"
+    sg2 = SG2Config(resolution=32, z_dim=32, w_dim=32, channel_base=256, channel_max=32, conv_clamp=256)
+    pkl.write_bytes(build_sg2_pickle("pass", config=sg2).data)
+
+    for init in (f"native:{native}", f"stylegan2_pkl:{pkl}"):
+        g, loaded = trainer_g(init, init.partition(":")[0]), GMPI.load(init).generator.state_dict()
+        assert g.keys() == loaded.keys()
+        assert all(torch.equal(g[k], loaded[k]) for k in g), init
+    g = trainer_g(f"native2d:{model2d}", "from2d")
+    loaded = GMPI.load(f"native2d:{model2d}", seed=cfg.train.seed).generator.state_dict()
+    names_2d = load_pretrained(model2d).state_dict().keys()
+    assert g.keys() == loaded.keys() and names_2d < g.keys()
+    assert all(torch.equal(g[k], loaded[k]) for k in names_2d)
+
+
 def test_tensorboard_holds_the_losses_ema_decay_lighting_and_the_sample_grids(synthetic_data, tmp_path):
     """docs/method.md §6.9 logging: every logged scalar of log.jsonl is a TensorBoard scalar at the same step,
     and the sample grids are TensorBoard images."""
