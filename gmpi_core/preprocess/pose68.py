@@ -102,6 +102,36 @@ and dropped (measured before the refinement): box jitter averaging (−0.1° for
 sizes 100 or 240 px (no change), adding the MTCNN points to the PnP (−0.2 to −0.6°, but no exact mirror
 symmetry any more).
 
+**The cause of the pitch gain (third round of issue 17), measured.** Not the camera: the rendered heads'
+landmarks are the projections of their 3D points through the solver's camera (focal from the 12.6° field of
+view, principal point at the image centre, the Deep3DFace pose of the true sphere camera, face 10 units
+away) to 1e-9 px, a rigid face seen through it with a generator pose comes back to 1e-6°, and the exact 5
+landmarks against their mean 3D face give yaw / pitch gains 0.99 / 1.01 (tests
+``test_the_pose_solvers_camera_is_the_synthetic_images_camera``,
+``test_exact_landmarks_of_the_synthetic_heads_give_gain_one``; the benchmark prints the same on its heads).
+Not the template's depth scale as such: it is triangulated with the true poses, so it is the rigid shape
+that best explains dlib's points; but no rigid shape explains them. Relative to ``TEMPLATE68``, dlib's points
+move *vertically with pitch* by only 0.71 of the template's motion and *horizontally with yaw* by 1.08
+(benchmark section "Why the pitch gain is below 1", 465 heads of seed 0). Yaw is followed in every group
+(1.04-1.20); pitch is not: within the jaw −0.39 (the chin and the jaw's sides move against the
+rigid motion: they are the head's outline, placed after the inner face), mouth 0.35, brows 0.44, nose
+0.83, eyes 0.91 (each centred over its own points; nose against eyes is lower still: the eyes + nose PnP
+has gain 0.44). The predictor, trained on real faces, follows these heads' yaw but not their pitch. The
+triangulation's one depth per point follows yaw (whose variance is 5× pitch's), so the PnP reads ~0.64 of
+the pitch; a shallower template raises both gains alike (pitch gain 1 would bring yaw's to ~1.5).
+Not the choice of points: the unweighted PnP (no covariance) of all 68 / without the jaw / the 13 rigid
+inner points (eye corners 36, 39, 42, 45, nose 27-31, 33, 35, mouth corners 48, 54) / eye corners, nose tip
+and base and mouth corners / eyes and nose: pitch gain 0.59 / 0.67 / 0.64 / 0.67 / 0.44, pitch MAE 4.3 /
+4.8 / 5.9 / 5.8 / 7.7. Not the resolution (512²: gain 0.61-0.63); the detector's box without the
+refinement is worse (0.49-0.54). Re-posing the face for the predictor (a thin-plate warp of the crop that
+moves the current landmarks onto the frontal template, predictor again, warp undone; 2 rounds; template
+retriangulated) on 150 heads: gain 0.67 → 0.74 but MAE 4.2 → 5.1 (the resampling adds noise). And the gain
+is not the blocker: dividing dlib68's pitch by its own gain (a fitted correction, which the issue rules
+out) *raises* the pitch MAE from 2.69 to 3.18; with a gain of 1 the pitch scatter would have to fall below
+~3° (true-pitch units; now 3.2°) to meet 2.5°. What limits pitch is the information in the points: the
+heads' proportions (the exact 5 landmarks alone: pitch MAE 5.1°) and dlib's noise, which the covariance
+model (a shape prior in effect) trades against each other.
+
 **Tried in the second round of issue 17 and not kept** (fitting on seed 1; numbers of the weighted PnP's
 landmarks on the benchmark's 465 heads of seed 0 unless marked "val": 700 views of 100 held-out seed-1
 identities, where the weighted PnP gets 3.77 / 4.11 / 1.16; yaw / pitch / roll MAE, yaw / pitch gain).
