@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "atomic_write", "fsync_dir", "fsync_file", "replace_dir", "staged_dir"]
+__all__ = [
+    "DIR_MODE", "FILE_MODE", "atomic_write", "fsync_dir", "fsync_file", "replace_dir", "staged_dir",
+]  # fmt: skip
 
 
 def _process_umask() -> int:
@@ -118,15 +120,19 @@ def staged_dir(
     final: str | os.PathLike[str],
     *,
     swap: Callable[[Path, Path], object] = replace_dir,
+    mode: int | None = None,
 ) -> Iterator[Path]:
-    """A new empty hidden sibling ``.NAME.*.partial`` of ``final`` (``mkdtemp``: mode 0700) to fill in the
-    block; when the block completes, ``swap(staging, final)`` moves it into place (default
-    :func:`replace_dir`), when it (or the swap) raises, the staging folder is removed. Parent folders are
-    created."""
+    """A new empty hidden sibling ``.NAME.*.partial`` of ``final`` (``mkdtemp``: mode 0700, or ``mode``,
+    e.g. :data:`DIR_MODE` for an ordinary folder) to fill in the block; when the block completes,
+    ``swap(staging, final)`` moves it into place (default :func:`replace_dir`; a caller that wants its
+    result passes a swap that keeps it); when the block (or the swap) raises, the staging folder is removed.
+    Parent folders are created."""
     target = Path(final)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
+        if mode is not None:
+            staging.chmod(mode)
         yield staging
         swap(staging, target)
     except BaseException:

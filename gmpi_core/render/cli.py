@@ -20,15 +20,13 @@ renamed into place once the seed is complete, so an interrupted render leaves no
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import torch
 
-from gmpi_core.atomic import replace_dir
+from gmpi_core.atomic import DIR_MODE, replace_dir, staged_dir
 from gmpi_core.checkpoints import CHECKPOINT_ERRORS
 from gmpi_core.checkpoints.sources import ModelSource, ModelSourceError, parse_source
 from gmpi_core.mpi.render import OUT_OF_BOUNDS
@@ -349,20 +347,19 @@ def main(argv: list[str] | None = None) -> int:
         gmpi = open_model(args.model, args.preset, args.init_seed).to(args.device)
         print(f"[gmpi render] model: {gmpi.describe()}; modes: {', '.join(modes)}")
         out_root.mkdir(parents=True, exist_ok=True)
+        swapped: list[bool] = []  # replace_dir's answers: was an earlier seed folder replaced?
+
+        def swap(staging: Path, final: Path) -> None:
+            swapped.append(replace_dir(staging, final))
+
         for seed in seeds:
             t0 = time.perf_counter()
             final = _seed_dir(out_root, seed)
             # render into a hidden sibling and rename it into place once complete: an interrupted or failed
             # render leaves no seed folder that looks finished (and keeps an earlier one intact until then)
-            staging = out_root / f".{final.name}.{uuid.uuid4().hex[:8]}.partial"
-            try:
-                staging.mkdir()
+            with staged_dir(final, mode=DIR_MODE, swap=swap) as staging:
                 written = _render_seed(gmpi, args, modes, seed, staging)
-                replaced = replace_dir(staging, final)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            note = f" (replaced the earlier {final})" if replaced else ""
+            note = f" (replaced the earlier {final})" if swapped[-1] else ""
             print(
                 f"[gmpi render] seed {seed}: {len(written)} files in {time.perf_counter() - t0:.1f} s{note}"
             )

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, features
 from torch import Tensor
 
-from gmpi_core.atomic import replace_dir
+from gmpi_core.atomic import staged_dir
 from gmpi_core.camera import focal_from_fov
 from gmpi_core.config import CameraConfig
 from gmpi_core.pipeline import MPI
@@ -177,10 +175,7 @@ def export_mpi(
 
     out = Path(out_dir)
     _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(DIR_MODE)
-    try:
+    with staged_dir(out, mode=DIR_MODE) as tmp:  # swapped in by replace_dir when complete
         if layout == "planes":
             (tmp / "planes").mkdir()
             for entry, texture in zip(planes, textures):
@@ -188,10 +183,6 @@ def export_mpi(
         else:
             _save_image(tmp / f"atlas.{fmt}", grid(list(textures), ncols=columns), fmt)
         save_json(tmp / MANIFEST, manifest)
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 
