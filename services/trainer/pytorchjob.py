@@ -35,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from services.common.settings import Settings
+
 __all__ = [
     "API_GROUP",
     "API_VERSION",
@@ -64,7 +66,6 @@ DEFAULT_ENTRY = "gmpi_core.train.cli"
 NODE_AGENT = "services.trainer.node"
 POLL_S = 15.0  # seconds between reads of a PyTorchJob's state
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-DEFAULT_MAX_GPUS_PER_JOB = 16  # services.common.settings.Settings.max_gpus_per_job (GMPI_MAX_GPUS_PER_JOB)
 
 
 class PyTorchJobError(RuntimeError):
@@ -79,11 +80,10 @@ class PyTorchJobTooLarge(PyTorchJobError, ValueError):
     """The job asks for more GPUs than ``GMPI_MAX_GPUS_PER_JOB`` allows; nothing was sent to the cluster."""
 
 
-def check_gpu_request(nnodes: int, gpus_per_node: int, settings: Any) -> int:
+def check_gpu_request(nnodes: int, gpus_per_node: int, settings: Settings) -> int:
     """The job's GPUs in total (``nnodes`` x ``gpus_per_node``), or :class:`PyTorchJobTooLarge` when that
     is above ``settings.max_gpus_per_job``: one request must not be able to claim a whole GPU pool."""
-    limit = getattr(settings, "max_gpus_per_job", None)
-    limit = DEFAULT_MAX_GPUS_PER_JOB if limit is None else int(limit)
+    limit = settings.max_gpus_per_job
     total = nnodes * gpus_per_node
     if nnodes < 1 or gpus_per_node < 1 or total > limit:
         raise PyTorchJobTooLarge(
@@ -301,8 +301,8 @@ def _jobs_path(namespace: str, name: str | None = None) -> str:
     return f"{path}/{name}" if name else path
 
 
-def _namespace(settings: Any) -> str:
-    return str(getattr(settings, "k8s_namespace", "") or "gmpi")
+def _namespace(settings: Settings) -> str:
+    return settings.k8s_namespace
 
 
 def _own_image(client: KubeClient, namespace: str) -> str:
@@ -327,7 +327,7 @@ def submit_pytorchjob(
     nnodes: int,
     nproc_per_node: int,
     train_args: list[str],
-    settings: Any,
+    settings: Settings,
     client: KubeClient | None = None,
     **build_kwargs: Any,
 ) -> str:
@@ -384,7 +384,7 @@ def job_state(job: dict[str, Any]) -> str:
 
 def wait_pytorchjob(
     name: str,
-    settings: Any,
+    settings: Settings,
     on_progress: Callable[[str, dict[str, Any]], None] | None = None,
     *,
     client: KubeClient | None = None,
@@ -402,7 +402,7 @@ def wait_pytorchjob(
     client = client or KubeClient.in_cluster()
     namespace = _namespace(settings)
     poll_s = POLL_S if poll_s is None else poll_s
-    limit = timeout_s if timeout_s is not None else float(getattr(settings, "task_time_limit_s", 86400))
+    limit = timeout_s if timeout_s is not None else float(settings.task_time_limit_s)
     deadline = time.monotonic() + limit
     last = None
     while True:
@@ -434,7 +434,7 @@ def wait_pytorchjob(
             time.sleep(min(1.0, max(0.0, next_poll - time.monotonic())))
 
 
-def delete_pytorchjob(name: str, settings: Any, *, client: KubeClient | None = None) -> bool:
+def delete_pytorchjob(name: str, settings: Settings, *, client: KubeClient | None = None) -> bool:
     """Delete the job and its pods (cancel). False when it was not there."""
     client = client or KubeClient.in_cluster()
     status, body = client.request(

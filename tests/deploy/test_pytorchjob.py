@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
+from services.common.settings import Settings
 from services.trainer import pytorchjob as pj
 from tests.deploy.tools import (
     GPU_POOL_LABEL,
@@ -136,9 +137,8 @@ class FakeKube(pj.KubeClient):
         return self.replies.pop(0)
 
 
-class FakeSettings:
-    k8s_namespace = "team-a"
-    task_time_limit_s = 60
+def FakeSettings() -> Settings:
+    return Settings(k8s_namespace="team-a", task_time_limit_s=60)
 
 
 def test_submit_uses_own_image_and_is_idempotent(monkeypatch) -> None:

@@ -665,7 +665,7 @@ class _NoKube(pj.KubeClient):
 
 def test_pytorchjobs_above_the_gpu_limit_are_refused_before_the_api_is_asked() -> None:
     settings = Settings(k8s_namespace="team-a")
-    assert settings.max_gpus_per_job == pj.DEFAULT_MAX_GPUS_PER_JOB
+    assert settings.max_gpus_per_job == 16  # the default SECURITY.md states
     kube = _NoKube()
     with pytest.raises(pj.PyTorchJobTooLarge, match="GMPI_MAX_GPUS_PER_JOB") as err:
         pj.submit_pytorchjob(
