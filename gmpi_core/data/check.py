@@ -51,7 +51,7 @@ from typing import Any, Literal
 import PIL.Image
 
 from gmpi_core.atomic import atomic_write
-from gmpi_core.data.datasets import IMAGE_EXTENSIONS, ImageSource
+from gmpi_core.data.datasets import IMAGE_EXTENSIONS, ImageSource, synthetic_images_zip
 from gmpi_core.data.poses import PoseSource
 
 __all__ = [
@@ -202,7 +202,7 @@ def detect_kind(images: str | os.PathLike[str], poses: str | os.PathLike[str] | 
     """The layout of ``gmpi_core.data.datasets`` that ``images`` (and ``poses``) look like; "images"
     when there is no pose source to find (the images alone are checked)."""
     p = Path(images)
-    if p.is_dir() and (p / "meta.json").is_file() and (p / "images.zip").is_file():
+    if synthetic_images_zip(p) is not None:
         return "synthetic"
     if poses is not None:
         q = Path(poses)

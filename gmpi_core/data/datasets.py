@@ -56,6 +56,7 @@ __all__ = [
     "build_dataset",
     "dataset_layout",
     "dataset_tool_name",
+    "synthetic_images_zip",
     "write_dataset_zip",
     "write_deep3dface_mat",
 ]
@@ -88,6 +89,15 @@ def _is_image(name: str) -> bool:
 # --- images --------------------------------------------------------------------------------------------
 
 
+def synthetic_images_zip(path: str | os.PathLike[str]) -> Path | None:
+    """``path/images.zip`` when ``path`` is a synthetic dataset folder (``meta.json`` + ``images.zip``, as
+    ``gmpi data synth`` writes it), else None."""
+    p = Path(path)
+    if p.is_dir() and (p / "meta.json").is_file() and (p / "images.zip").is_file():
+        return p / "images.zip"
+    return None
+
+
 class ImageSource:
     """Images in a StyleGAN2-ADA ``dataset_tool`` zip or a folder (recursive), keyed by their sorted
     posix-relative paths. The zip is opened lazily once per process, so the object is safe to hand to
@@ -98,7 +108,9 @@ class ImageSource:
     bomb among the images is a ``DatasetError`` naming the member, never an unbounded allocation."""
 
     def __init__(self, path: str | os.PathLike[str], limits: MemberLimits | None = None) -> None:
-        self.path = Path(path)
+        # a synthetic dataset folder holds its images in images.zip; walking the folder would find only its
+        # mask/ and depth/ pictures (FID against masks, not heads)
+        self.path = synthetic_images_zip(path) or Path(path)
         self.limits = MemberLimits.from_env() if limits is None else limits
         if self.path.is_dir():
             self.is_zip = False

@@ -56,6 +56,7 @@ from torch import Tensor
 from gmpi_core.atomic import atomic_write
 from gmpi_core.camera import sample_sphere_poses
 from gmpi_core.config import ExperimentConfig
+from gmpi_core.data.datasets import synthetic_images_zip
 from gmpi_core.eval.identity import EmbedderName, build_embedder, pair_scores
 from gmpi_core.pipeline import GMPI
 from gmpi_core.progress import format_duration
@@ -297,11 +298,13 @@ def open_dataset(path: str | None) -> DatasetInfo | None:
         raise FileNotFoundError(
             f"dataset {p} does not exist; give a dataset zip, an image folder or a synthetic dataset"
         )
-    meta = p / "meta.json"
-    if p.is_dir() and meta.is_file() and (p / "images.zip").is_file():
-        generator = str(json.loads(meta.read_text(encoding="utf-8")).get("generator", ""))
-        synthetic = str(p.resolve()) if generator.startswith("gmpi-synthetic-heads") else None
-        return DatasetInfo(str(p.resolve()), str((p / "images.zip").resolve()), synthetic)
+    images_zip = synthetic_images_zip(p)
+    if images_zip is not None:
+        meta = json.loads((p / "meta.json").read_text(encoding="utf-8"))
+        synthetic = (
+            str(p.resolve()) if str(meta.get("generator", "")).startswith("gmpi-synthetic-heads") else None
+        )
+        return DatasetInfo(str(p.resolve()), str(images_zip.resolve()), synthetic)
     return DatasetInfo(str(p.resolve()), str(p.resolve()), None)
 
 

@@ -289,3 +289,18 @@ def test_forked_workers_open_their_own_zip_handle_instead_of_sharing_the_parents
     parent_fd = probe[0]  # opened before the fork; a shared descriptor would share its file offset
     loader = DataLoader(probe, batch_size=1, num_workers=2, multiprocessing_context="fork")
     assert parent_fd not in {int(fd) for fd in loader}
+
+
+def test_a_synthetic_dataset_folder_is_read_as_its_images_zip_not_its_masks(tmp_path: Path) -> None:
+    # regression: a folder source walked mask/ and depth/ of a synthetic dataset, so FID compared the
+    # model's heads with black-and-white masks
+    from gmpi_core.data.synthetic import synthesize_dataset
+
+    out = synthesize_dataset(tmp_path / "synth", res=16, n=3, seed=0, workers=1, progress=False)
+    assert (out / "mask").is_dir()  # the trap is there
+    source = ImageSource(out)
+    assert source.is_zip and source.path == out / "images.zip"
+    assert len(source) == 3 and not any(n.startswith(("mask/", "depth/")) for n in source.names)
+    with zipfile.ZipFile(out / "images.zip") as zf:
+        first = np.asarray(PIL.Image.open(io.BytesIO(zf.read(source.names[0]))).convert("RGB"))
+    assert first.std() > 0 and len(np.unique(first.reshape(-1, 3), axis=0)) > 2  # a head, not a binary mask
