@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEEP3DFACE_CAMERA_DISTANCE",
     "camera_c2w",
+    "camera_deep3dface",
     "deep3dface_to_w2c",
     "eg3d_to_w2c",
     "euler_zyx",
@@ -105,6 +106,15 @@ def sphere_c2w(yaw: Tensor, pitch: Tensor, radius: float, center_z: float) -> Te
 def camera_c2w(camera: CameraConfig, yaw: Tensor, pitch: Tensor) -> Tensor:
     """:func:`sphere_c2w` on the sphere of a camera config (its ``sphere_radius``, ``sphere_center_z``)."""
     return sphere_c2w(yaw, pitch, radius=camera.sphere_radius, center_z=camera.sphere_center_z)
+
+
+def camera_deep3dface(camera: CameraConfig, yaw: float, pitch: float) -> tuple[Tensor, Tensor]:
+    """The Deep3DFaceRecon (angle [1, 3], trans [1, 3]) of the camera at (``yaw``, ``pitch``) on the sphere
+    of ``camera``, in float64: the true pose of a synthetic head rendered from there."""
+    c2w = camera_c2w(
+        camera, torch.tensor([yaw], dtype=torch.float64), torch.tensor([pitch], dtype=torch.float64)
+    )
+    return w2c_to_deep3dface(torch.linalg.inv(c2w), camera.sphere_center_z)
 
 
 def w2c_condition(c2w: Tensor) -> Tensor:

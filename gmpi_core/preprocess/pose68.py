@@ -577,9 +577,7 @@ def triangulate(points: np.ndarray, angle: np.ndarray, trans: np.ndarray, focal:
 def synthetic_views(seed: int, indices: Iterable[int], res: int):
     """(image uint8 [res, res, 3], true Deep3DFace angle [3], trans [3], true 5 landmarks [5, 2]) of
     synthetic heads ``indices`` of dataset ``seed`` with the FFHQ camera, rendered on the fly."""
-    import torch
-
-    from gmpi_core.camera import sphere_c2w, w2c_to_deep3dface
+    from gmpi_core.camera import camera_deep3dface
     from gmpi_core.config import preset
     from gmpi_core.data.synthetic import identity_and_pose, render_head
 
@@ -587,13 +585,7 @@ def synthetic_views(seed: int, indices: Iterable[int], res: int):
     for i in indices:
         params, yaw, pitch = identity_and_pose(seed, i, camera)
         sample = render_head(params, yaw, pitch, res, camera)
-        c2w = sphere_c2w(
-            torch.tensor([yaw], dtype=torch.float64),
-            torch.tensor([pitch], dtype=torch.float64),
-            camera.sphere_radius,
-            camera.sphere_center_z,
-        )
-        angle, trans = w2c_to_deep3dface(torch.linalg.inv(c2w), camera.sphere_center_z)
+        angle, trans = camera_deep3dface(camera, yaw, pitch)
         yield sample.image, angle[0].numpy(), trans[0].numpy(), sample.landmarks
 
 

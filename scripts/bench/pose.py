@@ -123,9 +123,7 @@ SETTINGS: list[tuple[str, str, Literal["gmpi", "deep3dface"]]] = [  # (template,
 def synthetic_landmarks(seed: int, n: int, res: int) -> tuple[np.ndarray, np.ndarray]:
     """Landmarks [n, 5, 2] (pixel indices + 0.5, exactly as the dataset files hold them) and true
     Deep3DFace angles [n, 3] of synthetic heads ``0..n-1`` of ``seed`` at ``res``², without ray casting."""
-    import torch
-
-    from gmpi_core.camera import sphere_c2w, w2c_to_deep3dface
+    from gmpi_core.camera import camera_deep3dface
     from gmpi_core.config import preset
     from gmpi_core.data.synthetic import identity_and_pose, landmarks_3d
 
@@ -134,13 +132,7 @@ def synthetic_landmarks(seed: int, n: int, res: int) -> tuple[np.ndarray, np.nda
     points, angles = [], []
     for i in range(n):
         params, yaw, pitch = identity_and_pose(seed, i, camera)
-        c2w = sphere_c2w(
-            torch.tensor([yaw], dtype=torch.float64),
-            torch.tensor([pitch], dtype=torch.float64),
-            camera.sphere_radius,
-            camera.sphere_center_z,
-        )
-        angle, trans = w2c_to_deep3dface(torch.linalg.inv(c2w), camera.sphere_center_z)
+        angle, trans = camera_deep3dface(camera, yaw, pitch)
         face = 10.0 * (landmarks_3d(params) - [0.0, 0.0, camera.sphere_center_z]) * [1.0, -1.0, -1.0]
         uv = project_landmarks(
             face / camera.sphere_radius, angle.numpy(), trans.numpy(), focal, [res / 2] * 2
@@ -393,8 +385,8 @@ def _pitch_diagnostics(
     groups = {"jaw 0-16": range(17), "brows 17-26": range(17, 27), "nose 27-35": range(27, 36),
               "eyes 36-47": range(36, 48), "mouth 48-67": range(48, 68), "all": range(68)}  # fmt: skip
     print("| points | vertical response to pitch | horizontal response to yaw |\n|---|---|---|")
-    for name, idx in groups.items():
-        idx = list(idx)
+    for name, span in groups.items():
+        idx = list(span)
         cells = []
         for row, j, c in ((1, 0, 1), (2, 1, 0)):  # (pitch → image y), (yaw → image x)
             m = motion(j)[idx, c] - motion(j)[idx, c].mean()
