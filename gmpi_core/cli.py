@@ -94,7 +94,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for p in written:
         print(f"  {p}")
     if args.train_seconds > 0:
-        run = demo_training(gmpi, out, args.train_seconds, args.seed)
+        try:
+            run = demo_training(gmpi, out, args.train_seconds, args.seed)
+        except FileExistsError as e:  # OUT/data holds something that is not our synthetic dataset
+            print(f"gmpi demo: error: {e}", file=sys.stderr)
+            return 2
         print(f"[gmpi demo] training run (checkpoint, samples, log.jsonl) in {run}")
     print(f"[gmpi demo] done in {time.perf_counter() - t0:.1f} s; outputs in {out.resolve()}")
     return 0

@@ -56,7 +56,7 @@ from numpy.typing import ArrayLike
 from gmpi_core.atomic import staged_dir
 from gmpi_core.camera import camera_c2w, pixel_ray_directions, sample_sphere_poses, w2c_to_deep3dface
 from gmpi_core.config import CameraConfig, preset
-from gmpi_core.data.datasets import dataset_tool_name, write_dataset_zip
+from gmpi_core.data.datasets import dataset_tool_name, synthetic_images_zip, write_dataset_zip
 from gmpi_core.data.poses import write_deep3dface_mat
 
 __all__ = [
@@ -608,7 +608,7 @@ def _prepare_destination(out: Path, overwrite: bool) -> None:
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
         return
-    ours = (out / "meta.json").is_file() and (out / "images.zip").is_file()
+    ours = synthetic_images_zip(out) is not None
     if overwrite and ours:
         shutil.rmtree(out)
         return

@@ -158,3 +158,14 @@ def test_every_demo_option_has_help_with_its_default(capsys):
         "(default: 60.0)",
     ):
         assert default in out
+
+
+def test_demo_training_refuses_a_data_folder_that_is_not_its_synthetic_dataset(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "mine.txt").write_text("not a dataset")
+    argv = ["demo", "--out", str(out), "--planes", "4", "--views", "2", "--train-seconds", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not a synthetic dataset" in err and "Traceback" not in err
+    assert (out / "data" / "mine.txt").read_text() == "not a dataset"  # nothing of the user's is lost
